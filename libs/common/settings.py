@@ -1,0 +1,46 @@
+"""Configuration from ``EDGE_*`` environment variables only.
+
+One settings class per service, built in ``__main__`` and passed down; there is no module-level
+singleton. Every default works on a developer machine; placeholder secrets are refused outside the
+``dev`` environment.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_S3_ACCESS_KEY = "edge-dev-access"
+DEV_S3_SECRET_KEY = "edge-dev-secret-change-me"
+PLACEHOLDER_SECRETS = {DEV_S3_SECRET_KEY}
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs: where the broker, the database and the object store are."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore", frozen=True)
+
+    environment: Literal["dev", "test", "production"] = "dev"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/edge"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = DEV_S3_ACCESS_KEY
+    s3_secret_key: SecretStr = SecretStr(DEV_S3_SECRET_KEY)
+    s3_bucket: str = "dicom"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    log_level: str = "INFO"
+    # Deadline for one RPC round trip (seconds); callers map a timeout to a DICOM failure status.
+    rpc_timeout: float = 5.0
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> CommonSettings:
+        if self.environment != "dev":
+            if self.s3_secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    "EDGE_S3_SECRET_KEY is still the development placeholder; "
+                    "set a real secret or EDGE_ENVIRONMENT=dev"
+                )
+        return self
