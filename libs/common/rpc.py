@@ -1,0 +1,158 @@
+"""Request/reply over RabbitMQ: one request queue per operation, direct reply-to, deadlines.
+
+A request carries its deadline (``x-deadline``, epoch seconds) and a matching per-message TTL, so
+a server never works on a request whose caller has given up. The caller maps a timeout to the
+failure a peer expects, never to an empty success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+log = logging.getLogger(__name__)
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+DEADLINE_HEADER = "x-deadline"
+ERROR_HEADER = "x-rpc-error"
+
+Payload = dict[str, Any]
+RpcHandler = Callable[[Payload], Awaitable[Payload]]
+
+
+class RpcError(Exception):
+    """The server answered with an error."""
+
+
+class RpcTimeout(RpcError):
+    """No answer before the deadline (server down, busy, or the broker unreachable)."""
+
+
+def request_queue(operation: str) -> str:
+    return f"rpc.{operation}"
+
+
+async def declare_request_queue(channel: AbstractChannel, operation: str) -> Any:
+    # Requests are worthless after their deadline, so a classic queue (no replication cost) is
+    # right; it is durable so that declaring it from either side never conflicts.
+    return await channel.declare_queue(
+        request_queue(operation), durable=True, arguments={"x-queue-type": "classic"}
+    )
+
+
+class RpcServer:
+    """Serves operations: each handler takes a JSON object and returns one."""
+
+    def __init__(self, connection: AbstractRobustConnection, handlers: dict[str, RpcHandler]):
+        self._connection = connection
+        self._handlers = handlers
+        self._channel: AbstractChannel | None = None
+
+    async def start(self, prefetch: int = 32) -> None:
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=prefetch)
+        for operation, handler in self._handlers.items():
+            queue = await declare_request_queue(self._channel, operation)
+            await queue.consume(self._make_callback(operation, handler))
+
+    def _make_callback(
+        self, operation: str, handler: RpcHandler
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_request(message: AbstractIncomingMessage) -> None:
+            async with message.process(requeue=False, ignore_processed=True):
+                deadline = float((message.headers or {}).get(DEADLINE_HEADER, 0) or 0)
+                if deadline and time.time() > deadline:
+                    return  # the caller has given up; answering would only be noise
+                headers: dict[str, Any] = {}
+                try:
+                    reply = await handler(json.loads(message.body))
+                except Exception as exc:
+                    log.exception("rpc %s failed", operation)
+                    headers[ERROR_HEADER] = type(exc).__name__
+                    reply = {"error": str(exc)}
+                if message.reply_to and self._channel is not None:
+                    await self._channel.default_exchange.publish(
+                        aio_pika.Message(
+                            body=json.dumps(reply).encode(),
+                            correlation_id=message.correlation_id,
+                            content_type="application/json",
+                            headers=headers,
+                        ),
+                        routing_key=message.reply_to,
+                    )
+
+        return on_request
+
+    async def stop(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+
+class RpcClient:
+    """Calls operations; replies arrive on the direct reply-to pseudo-queue of one channel."""
+
+    def __init__(self, connection: AbstractRobustConnection, *, timeout: float = 5.0):
+        self._connection = connection
+        self._timeout = timeout
+        self._channel: AbstractChannel | None = None
+        self._pending: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+
+    async def start(self) -> RpcClient:
+        self._channel = await self._connection.channel()
+        # PS: direct reply-to requires consuming the pseudo-queue in no-ack mode on the same
+        # channel that publishes the requests.
+        reply_queue = await self._channel.get_queue(REPLY_TO, ensure=False)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+        return self
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.pop(message.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    async def call(self, operation: str, payload: Payload, *, timeout: float | None = None) -> Payload:
+        """Call ``operation`` and return its reply; raise RpcTimeout or RpcError."""
+        if self._channel is None or self._channel.is_closed:
+            raise RpcTimeout(f"rpc {operation}: no channel to the broker")
+        timeout = self._timeout if timeout is None else timeout
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            await asyncio.wait_for(
+                self._channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body=json.dumps(payload).encode(),
+                        correlation_id=correlation_id,
+                        reply_to=REPLY_TO,
+                        content_type="application/json",
+                        expiration=timeout,
+                        headers={DEADLINE_HEADER: time.time() + timeout},
+                    ),
+                    routing_key=request_queue(operation),
+                ),
+                timeout,
+            )
+            message = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise RpcTimeout(f"rpc {operation}: no reply within {timeout:.1f}s") from exc
+        except aio_pika.exceptions.AMQPError as exc:
+            raise RpcTimeout(f"rpc {operation}: broker unavailable: {exc!r}") from exc
+        finally:
+            self._pending.pop(correlation_id, None)
+        reply = json.loads(message.body)
+        if (message.headers or {}).get(ERROR_HEADER):
+            raise RpcError(f"rpc {operation}: {reply.get('error')}")
+        return reply  # type: ignore[no-any-return]
+
+    async def stop(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
