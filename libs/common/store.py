@@ -1,0 +1,524 @@
+"""The object store port (``ObjectStore``) and its adapters: S3 through the minio SDK, and memory.
+
+The port is synchronous on purpose: pynetdicom calls handlers from its own threads, and async code
+reaches it through ``asyncio.to_thread``. Every infrastructure failure surfaces as
+``ObjectStoreError`` so callers can map it to one DICOM or HTTP failure status; a missing object is
+not a failure of the store and surfaces as ``None`` (``stat``) or ``ObjectNotFound``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+if TYPE_CHECKING:
+    from edge.common.settings import CommonSettings
+
+_KEY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
+_MAX_KEY_BYTES = 1024  # S3 limit on object key length
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
+_CHUNK = 1 << 20
+SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
+_Headers = dict[str, str | list[str] | tuple[str]]  # the SDK's metadata type
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What the store knows about one object. ``sha256`` is None where the listing omits it."""
+
+    key: str
+    size: int
+    sha256: str | None
+    etag: str | None
+    last_modified: datetime | None
+
+
+class ObjectStoreError(Exception):
+    """The store failed: connection refused, timeout, authentication, 5xx, bad response."""
+
+
+class ChecksumMismatch(ObjectStoreError):
+    """The bytes uploaded do not hash to the SHA-256 the caller declared."""
+
+
+class ObjectNotFound(KeyError):
+    """The object does not exist (reads only; ``stat`` answers None instead)."""
+
+
+class ObjectStore(Protocol):
+    """Where instance bytes live. Synchronous; implementations must be thread-safe."""
+
+    def ensure_bucket(self) -> None: ...
+    def ping(self) -> None: ...
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        content_type: str = "application/dicom",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject: ...
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str | None = None,
+        content_type: str = "application/dicom",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject: ...
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+    def iter_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]: ...
+    def stat(self, key: str) -> StoredObject | None: ...
+    def delete(self, key: str) -> None: ...
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+
+def validate_key(key: str) -> str:
+    """Refuse any key that could escape its prefix or confuse an S3 implementation.
+
+    Keys are built from validated UIDs (``edge.common.dicom.instance_key``); this is the last line
+    of defence, so it is strict: ASCII letters, digits, ``._-``, single slashes, no ``.``/``..``.
+    """
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"invalid object key {key!r}")
+    if any(segment in {".", ".."} for segment in key.split("/")):
+        raise ValueError(f"object key {key!r} has a relative path segment")
+    if len(key.encode()) > _MAX_KEY_BYTES:
+        raise ValueError("object key longer than 1024 bytes")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A listing prefix: empty, or a valid key optionally ending in ``/``."""
+    if prefix:
+        validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"invalid range offset={offset} length={length}")
+
+
+class _HashingReader:
+    """Hashes what the SDK reads, so the upload is checked against the declared ``sha256``."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _strip_etag(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else None
+
+
+class _VerifiedMinio(Minio):
+    """The minio client, plus a ``Content-MD5`` on every request that has a body.
+
+    ``Minio._build_headers`` (``minio/api.py``, 7.2) signs the body's real SHA-256 as
+    ``x-amz-content-sha256`` over plain HTTP, and over HTTPS sends ``UNSIGNED-PAYLOAD`` with a
+    ``Content-MD5`` instead. SeaweedFS 4.x does not check ``x-amz-content-sha256`` against the body
+    (a body altered after signing is stored), but does refuse a wrong ``Content-MD5`` (BadDigest).
+    Adding the MD5 here, before signing, makes every S3 server we target verify every part; it is
+    part of the signed headers, so it cannot be swapped in transit either.
+    """
+
+    def _build_headers(  # type: ignore[no-untyped-def]
+        self, host, headers=None, body=None, creds=None
+    ):
+        if body and not (headers or {}).get("Content-MD5"):
+            digest = hashlib.md5(body, usedforsecurity=False).digest()
+            headers = {**(headers or {}), "Content-MD5": base64.b64encode(digest).decode()}
+        return super()._build_headers(host, headers, body, creds)
+
+
+class MinioObjectStore:
+    """``ObjectStore`` on any S3 API (SeaweedFS in tests, MinIO or S3 in deployment).
+
+    Upload integrity is checked by the server on every request and every multipart part, see
+    ``_VerifiedMinio``. On top, ``put_file`` hashes what it reads and refuses the object if the
+    file no longer matches the SHA-256 computed on receipt.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        region: str = "us-east-1",
+        part_size: int = 16 << 20,
+        timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+        pool_size: int = 16,
+    ) -> None:
+        self.bucket = bucket
+        self.endpoint = endpoint
+        self.part_size = part_size
+        # Our own pool so a dead server fails fast: bounded connect/read timeouts and two retries
+        # (minio's default is five with backoff). PoolManager is thread-safe; maxsize matches the
+        # ~16 threads (pynetdicom associations + to_thread workers) that share one store.
+        self._http = urllib3.PoolManager(
+            num_pools=4,
+            maxsize=pool_size,
+            timeout=urllib3.Timeout(connect=min(connect_timeout, timeout), read=timeout),
+            retries=urllib3.Retry(
+                total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+        )
+        # A fixed region avoids a GetBucketLocation round trip before the first request.
+        self._client = _VerifiedMinio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=self._http,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> MinioObjectStore:
+        """Build the store from the ``EDGE_S3_*`` settings."""
+        return cls(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key.get_secret_value(),
+            settings.s3_bucket,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+
+    @contextmanager
+    def _errors(self, action: str, key: str = "") -> Iterator[None]:
+        where = f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
+        try:
+            yield
+        except S3Error as exc:
+            raise ObjectStoreError(
+                f"{action} {where} at {self.endpoint}: {exc.code}: {exc.message}"
+            ) from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            # MaxRetryError, ProtocolError, timeouts, ConnectionError and non-XML 5xx answers.
+            raise ObjectStoreError(f"{action} {where} at {self.endpoint} failed: {exc}") from exc
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists (a concurrent creator is fine)."""
+        with self._errors("create bucket"):
+            if self._client.bucket_exists(self.bucket):
+                return
+            try:
+                self._client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                    raise
+
+    def ping(self) -> None:
+        """Raise ``ObjectStoreError`` unless the bucket answers (readiness probe)."""
+        with self._errors("ping"):
+            exists = self._client.bucket_exists(self.bucket)
+        if not exists:
+            raise ObjectStoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint}")
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        content_type: str = "application/dicom",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject:
+        """Stream a file up; above ``part_size`` as a multipart upload, one part in memory."""
+        validate_key(key)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            reader = _HashingReader(f)
+            with self._errors("put", key):
+                # One part at a time: parallel parts would hold up to 4 parts per upload in memory
+                # and start 3 threads per call, times ~16 concurrent callers.
+                result = self._client.put_object(
+                    self.bucket,
+                    key,
+                    cast(BinaryIO, reader),
+                    size,
+                    content_type=content_type,
+                    metadata=self._metadata(sha256, metadata),
+                    part_size=self.part_size,
+                    num_parallel_uploads=1,
+                )
+        if reader.digest.hexdigest() != sha256:
+            self.delete(key)
+            raise ChecksumMismatch(f"{path} no longer matches sha256 {sha256}; upload discarded")
+        return StoredObject(key, size, sha256, _strip_etag(result.etag), None)
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str | None = None,
+        content_type: str = "application/dicom",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject:
+        """Store bytes already in memory; ``sha256`` is computed when not given."""
+        validate_key(key)
+        actual = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and sha256 != actual:
+            raise ChecksumMismatch(f"data for {key} does not match sha256 {sha256}")
+        with self._errors("put", key):
+            result = self._client.put_object(
+                self.bucket,
+                key,
+                cast(BinaryIO, _BytesReader(data)),
+                len(data),
+                content_type=content_type,
+                metadata=self._metadata(actual, metadata),
+                part_size=self.part_size,
+                num_parallel_uploads=1,
+            )
+        return StoredObject(key, len(data), actual, _strip_etag(result.etag), None)
+
+    @staticmethod
+    def _metadata(sha256: str, extra: Mapping[str, str] | None) -> _Headers:
+        # The SDK prefixes plain names with x-amz-meta-.
+        return {**(extra or {}), SHA256_METADATA: sha256}
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``; fewer at the end of the object, b"" past it."""
+        validate_key(key)
+        _check_range(offset, length)
+        if length == 0:
+            return b""  # the SDK reads length=0 as "to the end"
+        with self._errors("get", key):
+            try:
+                response = self._client.get_object(self.bucket, key, offset=offset, length=length)
+            except S3Error as exc:
+                if exc.code in _NOT_FOUND_CODES:
+                    raise ObjectNotFound(key) from exc
+                if exc.code == "InvalidRange":
+                    return b""
+                raise
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+    def iter_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+        """Stream the whole object; the connection goes back to the pool when the loop ends."""
+        validate_key(key)
+        with self._errors("get", key):
+            try:
+                response = self._client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in _NOT_FOUND_CODES:
+                    raise ObjectNotFound(key) from exc
+                raise
+            try:
+                yield from response.stream(chunk_size)
+            finally:
+                response.close()
+                response.release_conn()
+
+    def stat(self, key: str) -> StoredObject | None:
+        """The object's size, checksum and date, or None when it does not exist."""
+        validate_key(key)
+        with self._errors("stat", key):
+            try:
+                obj = self._client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in _NOT_FOUND_CODES:
+                    return None
+                raise
+        meta = obj.metadata or {}
+        return StoredObject(
+            key=key,
+            size=obj.size or 0,
+            sha256=meta.get(f"x-amz-meta-{SHA256_METADATA}"),
+            etag=_strip_etag(obj.etag),
+            last_modified=obj.last_modified,
+        )
+
+    def delete(self, key: str) -> None:
+        """Remove the object; an absent object is not an error (S3 semantics)."""
+        validate_key(key)
+        with self._errors("delete", key):
+            self._client.remove_object(self.bucket, key)
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under ``prefix`` (recursive). Listings carry no checksum: sha256 is None."""
+        validate_prefix(prefix)
+        with self._errors("list", prefix):
+            for obj in self._client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if obj.is_dir or obj.object_name is None:
+                    continue
+                yield StoredObject(
+                    obj.object_name, obj.size or 0, None, _strip_etag(obj.etag), obj.last_modified
+                )
+
+
+class _BytesReader:
+    """Minimal ``read`` over bytes without the copy ``io.BytesIO`` would make."""
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size < 0 else self._pos + size
+        chunk = self._view[self._pos : end]
+        self._pos += len(chunk)
+        return bytes(chunk)
+
+
+@dataclass(frozen=True)
+class MemoryObject:
+    data: bytes
+    content_type: str
+    metadata: Mapping[str, str]
+    last_modified: datetime
+
+
+@dataclass
+class InMemoryObjectStore:
+    """Dict-backed ``ObjectStore`` for unit tests of handlers.
+
+    Set ``fail_next`` to raise that exception from the next call, or ``broken = True`` to make
+    every call raise ``ObjectStoreError`` (as an unreachable server would).
+    """
+
+    objects: dict[str, MemoryObject] = field(default_factory=dict)
+    fail_next: Exception | None = None
+    broken: bool = False
+    bucket_created: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _check(self) -> None:
+        with self._lock:
+            exc, self.fail_next = self.fail_next, None
+        if exc is not None:
+            raise exc
+        if self.broken:
+            raise ObjectStoreError("in-memory store is broken")
+
+    def ensure_bucket(self) -> None:
+        self._check()
+        self.bucket_created = True
+
+    def ping(self) -> None:
+        self._check()
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        sha256: str,
+        content_type: str = "application/dicom",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject:
+        validate_key(key)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ChecksumMismatch(f"{path} does not match sha256 {sha256}")
+        return self.put_bytes(
+            key, data, sha256=sha256, content_type=content_type, metadata=metadata
+        )
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        sha256: str | None = None,
+        content_type: str = "application/dicom",
+        metadata: Mapping[str, str] | None = None,
+    ) -> StoredObject:
+        validate_key(key)
+        self._check()
+        actual = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and sha256 != actual:
+            raise ChecksumMismatch(f"data for {key} does not match sha256 {sha256}")
+        meta = {**(metadata or {}), SHA256_METADATA: actual}
+        obj = MemoryObject(bytes(data), content_type, meta, datetime.now(UTC))
+        with self._lock:
+            self.objects[key] = obj
+        return self._described(key, obj)
+
+    @staticmethod
+    def _described(key: str, obj: MemoryObject) -> StoredObject:
+        etag = hashlib.md5(obj.data, usedforsecurity=False).hexdigest()
+        return StoredObject(
+            key, len(obj.data), obj.metadata[SHA256_METADATA], etag, obj.last_modified
+        )
+
+    def _get(self, key: str) -> MemoryObject:
+        validate_key(key)
+        self._check()
+        with self._lock:
+            obj = self.objects.get(key)
+        if obj is None:
+            raise ObjectNotFound(key)
+        return obj
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        return self._get(key).data[offset : offset + length]
+
+    def iter_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+        data = self._get(key).data
+        for start in range(0, len(data), chunk_size):
+            yield data[start : start + chunk_size]
+
+    def stat(self, key: str) -> StoredObject | None:
+        try:
+            return self._described(key, self._get(key))
+        except ObjectNotFound:
+            return None
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        self._check()
+        with self._lock:
+            self.objects.pop(key, None)
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        validate_prefix(prefix)
+        self._check()
+        with self._lock:
+            items = sorted((k, o) for k, o in self.objects.items() if k.startswith(prefix))
+        for key, obj in items:
+            yield StoredObject(key, len(obj.data), None, None, obj.last_modified)
