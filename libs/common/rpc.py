@@ -1,6 +1,7 @@
 """Request/reply over RabbitMQ: one request queue per operation, direct reply-to, deadlines.
 
-A request carries its deadline (``x-deadline``, epoch seconds) and a matching per-message TTL, so
+A request carries its deadline (``x-deadline``, epoch milliseconds as an integer: an AMQP float
+header may travel as a 32-bit float, which cannot hold an epoch time to the second) and a matching per-message TTL, so
 a server never works on a request whose caller has given up. The caller maps a timeout to the
 failure a peer expects, never to an empty success.
 """
@@ -68,8 +69,8 @@ class RpcServer:
     ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_request(message: AbstractIncomingMessage) -> None:
             async with message.process(requeue=False, ignore_processed=True):
-                deadline = float((message.headers or {}).get(DEADLINE_HEADER, 0) or 0)
-                if deadline and time.time() > deadline:
+                deadline_ms = int((message.headers or {}).get(DEADLINE_HEADER, 0) or 0)  # type: ignore[call-overload]
+                if deadline_ms and time.time() * 1000 > deadline_ms:
                     return  # the caller has given up; answering would only be noise
                 headers: dict[str, Any] = {}
                 try:
@@ -135,7 +136,7 @@ class RpcClient:
                         reply_to=REPLY_TO,
                         content_type="application/json",
                         expiration=timeout,
-                        headers={DEADLINE_HEADER: time.time() + timeout},
+                        headers={DEADLINE_HEADER: int((time.time() + timeout) * 1000)},
                     ),
                     routing_key=request_queue(operation),
                 ),

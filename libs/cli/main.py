@@ -1,0 +1,217 @@
+"""The ``edge`` command: run services, migrate, manage AEs, send and verify DICOM."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from edge.cli import send as sending
+from edge.cli import supervisor
+
+app = typer.Typer(no_args_is_help=True, help="DICOM Edge: the medical-image edge server.")
+ae_app = typer.Typer(no_args_is_help=True, help="The registry of remote DICOM nodes.")
+app.add_typer(ae_app, name="ae")
+console = Console()
+
+SERVICES = ("listener", "ingestion", "storage", "auth")
+
+
+@app.command()
+def run(service: Annotated[str, typer.Argument(help=f"one of {', '.join(SERVICES)}")]) -> None:
+    """Run one service in the foreground."""
+    if service not in SERVICES:
+        console.print(f"[red]unknown service {service!r}; choose from {', '.join(SERVICES)}[/]")
+        raise typer.Exit(2)
+    importlib.import_module(f"edge.{service}.__main__").main()
+
+
+@app.command()
+def up(
+    dev: Annotated[bool, typer.Option(help="also start a local S3 server, create DB and bucket")] = False,
+    data_dir: Annotated[Path, typer.Option(help="where --dev keeps the S3 data")] = Path(".run"),
+) -> None:
+    """Run every service under one supervisor; Ctrl-C or SIGTERM stops them all."""
+    raise typer.Exit(supervisor.run(dev=dev, data_dir=data_dir, console=console))
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Create the database if missing and apply the catalog migrations (idempotent)."""
+    from edge.common.catalog import create_database_if_missing, migrate
+    from edge.common.settings import CommonSettings
+
+    settings = CommonSettings()
+
+    async def go() -> list[str]:
+        await create_database_if_missing(settings.database_url)
+        return await migrate(settings.database_url)
+
+    applied = asyncio.run(go())
+    console.print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+
+
+def _registry():  # type: ignore[no-untyped-def]
+    from edge.auth.registry import PsycopgAERegistry
+    from edge.common.settings import CommonSettings
+
+    return PsycopgAERegistry(CommonSettings().database_url)
+
+
+async def _announce(ae_title: str, change: str) -> str | None:
+    """Tell running listeners to drop their admission cache for ``ae_title`` (best effort)."""
+    from edge.common.bus import AioPikaBus
+    from edge.common.events import AeChanged
+    from edge.common.settings import CommonSettings
+
+    try:
+        bus = await AioPikaBus.connect(CommonSettings().amqp_url, "/edge/cli")
+    except Exception as exc:
+        return f"broker unreachable ({type(exc).__name__})"
+    try:
+        await bus.publish(AeChanged(ae_title=ae_title, change=change))
+    except Exception:
+        return "no listener is subscribed; it will read the registry when it starts"
+    finally:
+        await bus.close()
+    return None
+
+
+@ae_app.command("add")
+def ae_add(
+    title: str,
+    host: Annotated[list[str], typer.Option(help="address, CIDR or host name; repeatable")],
+    port: Annotated[int, typer.Option(help="the node's DICOM port")],
+    allow: Annotated[str, typer.Option(help="comma list of echo,store,find,move,get")] = "echo,store",
+    tls: Annotated[bool, typer.Option(help="TLS required for this node")] = False,
+    move_destination: Annotated[bool, typer.Option(help="may be a C-MOVE destination")] = True,
+    description: str = "",
+) -> None:
+    """Register (or update) a remote DICOM node."""
+    from edge.auth.registry import RemoteAE
+
+    try:
+        ae = RemoteAE(
+            ae_title=title, hosts=tuple(host), port=port,
+            permissions=frozenset(p.strip() for p in allow.split(",") if p.strip()),
+            tls_required=tls, move_destination=move_destination, description=description,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    created = asyncio.run(_registry().put(ae))
+    console.print(f"{'added' if created else 'updated'} {title}")
+    note = asyncio.run(_announce(title, "added" if created else "updated"))
+    if note:
+        console.print(f"[dim]{note}[/]")
+
+
+@ae_app.command("list")
+def ae_list() -> None:
+    """List the registered remote DICOM nodes."""
+    table = Table("AE title", "hosts", "port", "permissions", "TLS", "move dest.", "description")
+    for ae in asyncio.run(_registry().list()):
+        table.add_row(
+            ae.ae_title, ", ".join(ae.hosts), str(ae.port), ",".join(sorted(ae.permissions)),
+            "yes" if ae.tls_required else "no", "yes" if ae.move_destination else "no",
+            ae.description,
+        )
+    console.print(table)
+
+
+@ae_app.command("remove")
+def ae_remove(title: str) -> None:
+    """Remove a remote DICOM node from the registry."""
+    if not asyncio.run(_registry().remove(title)):
+        console.print(f"[red]no AE {title!r} registered[/]")
+        raise typer.Exit(1)
+    console.print(f"removed {title}")
+    note = asyncio.run(_announce(title, "removed"))
+    if note:
+        console.print(f"[dim]{note}[/]")
+
+
+@app.command()
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders (recursed)")],
+    ae: Annotated[str, typer.Option(help="called AE title")] = "EDGE",
+    host: str = "127.0.0.1",
+    port: int = 11112,
+    calling: Annotated[str, typer.Option(help="our (calling) AE title")] = "EDGESCU",
+) -> None:
+    """Send DICOM files by C-STORE; exit non-zero if any was not stored."""
+    files, skipped = sending.discover(paths)
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped {path}: {reason}[/]")
+    statuses: Counter[str] = Counter()
+    failures: list[str] = []
+
+    with Progress(
+        TextColumn("C-STORE"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("send", total=len(files))
+
+        def on_result(item: sending.Outgoing, status: int | None, comment: str) -> None:
+            label = "no response" if status is None else f"0x{status:04X}"
+            statuses[label] += 1
+            if status not in (0x0000, 0xB000, 0xB007, 0xB006):
+                failures.append(f"{item.path}: {label} {comment}".rstrip())
+            progress.advance(task)
+
+        for batch in sending.batches(files):
+            sending.send_batch(
+                batch, called_ae=ae, host=host, port=port, calling_ae=calling, on_result=on_result
+            )
+    table = Table("status", "instances")
+    for label, count in sending.summarize(statuses):
+        table.add_row(label, str(count))
+    console.print(table)
+    for line in failures[:20]:
+        console.print(f"[red]{line}[/]")
+    if failures or not files:
+        raise typer.Exit(1)
+
+
+@app.command()
+def echo(
+    ae: Annotated[str, typer.Option(help="called AE title")] = "EDGE",
+    host: str = "127.0.0.1",
+    port: int = 11112,
+    calling: Annotated[str, typer.Option(help="our (calling) AE title")] = "EDGESCU",
+) -> None:
+    """Verify a DICOM node with C-ECHO (PS3.4 Annex A)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from edge.common.dimse import NODELAY_HANDLER
+
+    client = AE(ae_title=calling)
+    client.acse_timeout = client.dimse_timeout = client.network_timeout = 10
+    client.add_requested_context(Verification)
+    assoc = client.associate(host, port, ae_title=ae, evt_handlers=[NODELAY_HANDLER])
+    if not assoc.is_established:
+        console.print(f"[red]{'rejected' if assoc.is_rejected else 'no association'} by {ae}@{host}:{port}[/]")
+        raise typer.Exit(1)
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = getattr(status, "Status", None)
+    if code != 0:
+        console.print(f"[red]C-ECHO failed: {code}[/]")
+        raise typer.Exit(1)
+    console.print(f"C-ECHO to {ae}@{host}:{port}: success")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

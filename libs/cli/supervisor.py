@@ -1,0 +1,164 @@
+"""``edge up``: every service as a child process, stopped in order on Ctrl-C or SIGTERM.
+
+With ``--dev`` it also starts a local S3 server (SeaweedFS), creates the database and the bucket
+and applies the migrations: what ``make run`` needs on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rich.console import Console
+
+from edge.auth.settings import AuthSettings
+from edge.common.bus import AioPikaBus
+from edge.common.catalog import create_database_if_missing, migrate
+from edge.common.s3server import SeaweedPorts, SeaweedServer
+from edge.common.settings import CommonSettings
+from edge.common.store import MinioObjectStore
+from edge.ingestion.settings import IngestionSettings
+from edge.listener.settings import ListenerSettings
+from edge.storage.settings import StorageSettings
+
+# Start order: auth answers admission before the listener accepts; stop in reverse.
+SERVICES = ("auth", "storage", "ingestion", "listener")
+STOP_GRACE = 30.0
+
+
+def http_port(service: str) -> int:
+    return {
+        "auth": lambda: AuthSettings().auth_http_port,
+        "storage": lambda: StorageSettings().storage_http_port,
+        "ingestion": lambda: IngestionSettings().ingestion_http_port,
+        "listener": lambda: ListenerSettings().http_port,
+    }[service]()
+
+
+async def prepare(settings: CommonSettings) -> list[str]:
+    """Database, migrations, bucket and broker topology: idempotent, safe on every start."""
+    await create_database_if_missing(settings.database_url)
+    applied = await migrate(settings.database_url)
+    await asyncio.to_thread(MinioObjectStore.from_settings(settings).ensure_bucket)
+    bus = await AioPikaBus.connect(settings.amqp_url, "/edge/cli")
+    await bus.close()
+    return applied
+
+
+def start_dev_s3(settings: CommonSettings, data_dir: Path) -> SeaweedServer:
+    port = int(urlsplit(f"//{settings.s3_endpoint}").port or 9000)
+    defaults = SeaweedPorts.defaults()
+    server = SeaweedServer(
+        data_dir / "s3",
+        s3_port=port,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        master_port=defaults.master,
+        volume_port=defaults.volume,
+        filer_port=defaults.filer,
+        log_path=data_dir / "s3.log",
+    )
+    server.start()
+    return server
+
+
+@dataclass
+class Child:
+    service: str
+    process: subprocess.Popen[bytes]
+    restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def spawn(service: str) -> subprocess.Popen[bytes]:
+    # Own session: a Ctrl-C reaches the supervisor only, which then stops children in order.
+    return subprocess.Popen([sys.executable, "-m", f"edge.{service}"], start_new_session=True)
+
+
+def wait_ready(services: tuple[str, ...], timeout: float = 60.0) -> list[str]:
+    """Poll each service's /readyz; return those not ready in time."""
+    pending = set(services)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for service in list(pending):
+            try:
+                url = f"http://127.0.0.1:{http_port(service)}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        pending.discard(service)
+            except OSError:
+                pass
+        time.sleep(0.2)
+    return sorted(pending)
+
+
+def banner(console: Console, settings: CommonSettings) -> None:
+    listener = ListenerSettings()
+    console.print(f"[bold green]DICOM Edge is up[/]  (environment: {settings.environment})")
+    console.print(f"  DICOM      AE title [bold]{listener.ae_title}[/] on port {listener.dicom_port}")
+    for service in SERVICES:
+        console.print(f"  {service:<10} http://127.0.0.1:{http_port(service)}/readyz")
+    console.print(f"  S3         http://{settings.s3_endpoint}  bucket {settings.s3_bucket}")
+    console.print("  Ctrl-C stops everything.")
+
+
+def run(*, dev: bool, data_dir: Path, console: Console) -> int:
+    settings = CommonSettings()
+    s3: SeaweedServer | None = None
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    children: list[Child] = []
+    try:
+        if dev:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            console.print(f"starting S3 server on {settings.s3_endpoint} (data in {data_dir})")
+            s3 = start_dev_s3(settings, data_dir)
+            applied = asyncio.run(prepare(settings))
+            console.print(f"database ready; migrations applied now: {applied or 'none'}")
+        children = [Child(service, spawn(service)) for service in SERVICES]
+        not_ready = wait_ready(SERVICES)
+        if not_ready:
+            console.print(f"[yellow]not ready yet: {', '.join(not_ready)}[/]")
+        banner(console, settings)
+        while not stopping:
+            for child in children:
+                code = child.process.poll()
+                if code is not None and not stopping:
+                    # Crash-only services: restart with a backoff that grows with each crash.
+                    delay = min(2 ** child.restarts, 30)
+                    console.print(f"[red]{child.service} exited with {code}; restart in {delay}s[/]")
+                    time.sleep(delay)
+                    child.process, child.restarts = spawn(child.service), child.restarts + 1
+            time.sleep(0.2)
+    finally:
+        for child in reversed(children):
+            stop_child(child)
+        if s3 is not None:
+            s3.stop()
+        console.print("stopped")
+    return 0
+
+
+def stop_child(child: Child) -> None:
+    process = child.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

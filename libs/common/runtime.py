@@ -1,0 +1,91 @@
+"""What every service shares at run time: health endpoints, metrics, signals, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], Awaitable[None]]
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def readiness_checks(self) -> dict[str, Check]: ...
+
+    def routes(self) -> list[BaseRoute]: ...
+
+
+def health_routes(checks: Callable[[], dict[str, Check]]) -> list[BaseRoute]:
+    """``/healthz`` (the process answers), ``/readyz`` (every dependency answers), ``/metrics``."""
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        results: dict[str, str] = {}
+        for name, check in checks().items():
+            try:
+                await asyncio.wait_for(check(), 3.0)
+                results[name] = "ok"
+            except Exception as exc:  # any failure means "not ready"; say which and why
+                results[name] = f"failed: {type(exc).__name__}"
+        ready = all(v == "ok" for v in results.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": results},
+            status_code=200 if ready else 503,
+        )
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service runner owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(service: Service, http_host: str, http_port: int) -> None:
+    """Start ``service`` and its HTTP server; on SIGTERM/SIGINT stop both gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    app = Starlette(routes=[*health_routes(service.readiness_checks), *service.routes()])
+    server = _QuietServer(
+        uvicorn.Config(app, host=http_host, port=http_port, log_level="warning", lifespan="off")
+    )
+    http = asyncio.create_task(server.serve())
+    log.info("%s started; HTTP on %s:%d", service.name, http_host, http_port)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("%s stopping", service.name)
+    server.should_exit = True
+    await service.stop()
+    await asyncio.wait({http}, timeout=5)
+    if http.done() and http.exception() is not None:
+        raise RuntimeError(f"{service.name}: HTTP server failed") from http.exception()
+    log.info("%s stopped", service.name)

@@ -1,0 +1,16 @@
+import asyncio
+
+from edge.auth.bootstrap import bootstrap
+from edge.auth.settings import AuthSettings
+from edge.common.runtime import serve
+from edge.common.telemetry import configure_telemetry
+
+
+def main() -> None:
+    settings = AuthSettings()
+    configure_telemetry("auth", settings.log_level)
+    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.auth_http_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Admission decisions: plain functions of the request and the registry, no transport."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge.auth.registry import RemoteAE
+
+
+class AERegistry(Protocol):
+    async def get(self, ae_title: str) -> RemoteAE | None: ...
+
+
+@dataclass(frozen=True)
+class Admission:
+    allowed: bool
+    reason: str
+    permissions: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, object]:
+        return {"allowed": self.allowed, "reason": self.reason, "permissions": sorted(self.permissions)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Admission:
+        perms = data.get("permissions") or []
+        return cls(
+            allowed=bool(data.get("allowed")),
+            reason=str(data.get("reason", "")),
+            permissions=frozenset(str(p) for p in perms),  # type: ignore[union-attr]
+        )
+
+
+async def address_matches(address: str, hosts: tuple[str, ...]) -> bool:
+    """True when ``address`` is one of ``hosts``: an IP, a CIDR range, or a resolvable name."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    for host in hosts:
+        try:
+            if ip in ipaddress.ip_network(host, strict=False):
+                return True
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        if any(ipaddress.ip_address(info[4][0]) == ip for info in infos):
+            return True
+    return False
+
+
+async def admit(registry: AERegistry, calling_ae: str, address: str) -> Admission:
+    """Decide whether ``calling_ae`` calling from ``address`` may associate (deny by default)."""
+    ae = await registry.get(calling_ae.strip())
+    if ae is None:
+        return Admission(False, f"calling AE {calling_ae!r} is not registered")
+    if not await address_matches(address, ae.hosts):
+        return Admission(False, f"calling AE {calling_ae!r} is not registered for {address}")
+    if not ae.permissions:
+        return Admission(False, f"calling AE {calling_ae!r} has no permissions")
+    return Admission(True, "registered", ae.permissions)

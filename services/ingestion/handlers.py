@@ -1,0 +1,87 @@
+"""Ingestion decisions: from an ``instance.received`` to a catalog row. No transport here."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from edge.common.bus import BadMessage, TransientError
+from edge.common.catalog import Catalog, CatalogUnavailable, UnusableInstance, UpsertOutcome, record_from_dataset
+from edge.common.events import InstanceReceived
+from edge.common.part10 import IncompleteDataset, header_length
+from edge.common.store import ObjectStore, ObjectStoreError
+
+log = logging.getLogger(__name__)
+
+FIRST_READ = 64 << 10
+MAX_HEADER = 64 << 20  # a header past this is not a header we will index
+
+
+@dataclass
+class IngestionDeps:
+    store: ObjectStore
+    catalog: Catalog
+
+
+def read_header(store: ObjectStore, key: str, size: int) -> Dataset:
+    """The data set up to its pixel data, read with ranged GETs (never the pixels themselves)."""
+    length = FIRST_READ
+    while True:
+        data = store.get_range(key, 0, min(length, size))
+        if len(data) >= size:
+            return dcmread(io.BytesIO(data), stop_before_pixels=True)
+        try:
+            end = header_length(io.BytesIO(data), len(data))
+        except IncompleteDataset:
+            end = len(data)
+        if end is not None and end < len(data):
+            return dcmread(io.BytesIO(data[:end]), stop_before_pixels=True)
+        if length >= MAX_HEADER:
+            raise BadMessage(f"header of {key} exceeds {MAX_HEADER} bytes")
+        length = size if end is None else length * 4
+
+
+async def on_instance_received(event: InstanceReceived, deps: IngestionDeps) -> UpsertOutcome | None:
+    """Index one received instance: idempotent by SOP Instance UID and SHA-256.
+
+    Returns what the catalog did, or None when the object was since replaced by newer bytes
+    (their own ``instance.received`` will index them).
+    """
+    try:
+        stored = await asyncio.to_thread(deps.store.stat, event.object_key)
+        if stored is None:
+            raise BadMessage(f"object {event.object_key} does not exist")
+        if stored.sha256 and stored.sha256 != event.sha256:
+            log.info("instance %s superseded by newer bytes; skipped", event.sop_instance_uid)
+            return None
+        header = await asyncio.to_thread(read_header, deps.store, event.object_key, stored.size)
+    except ObjectStoreError as exc:
+        raise TransientError(f"object store: {exc}") from exc
+    except (ValueError, EOFError) as exc:
+        raise BadMessage(f"header of {event.object_key} cannot be parsed: {exc}") from exc
+    try:
+        record = record_from_dataset(
+            header,
+            sha256=event.sha256,
+            size=event.size,
+            object_key=event.object_key,
+            transfer_syntax_uid=event.transfer_syntax_uid,
+            calling_ae=event.calling_ae,
+            received_at=event.time,
+        )
+    except UnusableInstance as exc:
+        raise BadMessage(str(exc)) from exc
+    if record.sop_instance_uid != event.sop_instance_uid:
+        raise BadMessage("object's SOP Instance UID differs from the event's")
+    try:
+        outcome = await deps.catalog.upsert_instance(record)
+    except CatalogUnavailable as exc:
+        raise TransientError(f"catalog: {exc}") from exc
+    if outcome is UpsertOutcome.REPLACED:
+        log.info("instance %s replaced by new bytes (sha256 %s)", event.sop_instance_uid, event.sha256[:12])
+    return outcome

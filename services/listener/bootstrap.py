@@ -1,0 +1,147 @@
+"""Composition root of the listener: builds the adapters inside the function, never at import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from typing import Any
+
+from starlette.routing import BaseRoute
+
+from edge.auth.handlers import Admission
+from edge.common.bus import EXCHANGE, AioPikaBus
+from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
+from edge.common.rpc import RpcClient
+from edge.common.runtime import Check
+from edge.common.store import MinioObjectStore, ObjectStore
+from edge.listener.admission import AdmissionCache
+from edge.listener.dimse import StoreDeps, build_ae, event_handlers
+from edge.listener.settings import ListenerSettings
+
+log = logging.getLogger(__name__)
+
+
+class ListenerService:
+    name = "listener"
+
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        *,
+        store: ObjectStore | None = None,
+        bus: AioPikaBus | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rpc: RpcClient | None = None
+        self._cache: AdmissionCache | None = None
+        self._server: Any = None
+        self._ae: Any = None
+
+    # -- blocking bridges, called from pynetdicom's association threads -------------------------
+
+    def _admit(self, calling_ae: str, address: str) -> Admission:
+        assert self._loop is not None and self._cache is not None
+        future = asyncio.run_coroutine_threadsafe(self._cache.admit(calling_ae, address), self._loop)
+        return future.result(self.settings.rpc_timeout + 1)
+
+    def _publish(self, event: InstanceReceived, timeout: float) -> None:
+        assert self._loop is not None and self.bus is not None
+        future = asyncio.run_coroutine_threadsafe(self.bus.publish(event), self._loop)
+        try:
+            future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def _ask_auth(self, calling_ae: str, address: str) -> Admission:
+        assert self._rpc is not None
+        reply = await self._rpc.call("auth.admit", {"calling_ae": calling_ae, "address": address})
+        return Admission.from_json(reply)
+
+    async def _on_ae_changed(self, message: Any) -> None:
+        try:
+            event = from_parts(dict(message.headers or {}), message.body)
+        except UndecodableMessage:
+            return
+        if isinstance(event, AeChanged) and self._cache is not None:
+            self._cache.forget(event.ae_title)
+
+    async def start(self) -> None:
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        if s.spool_dir is not None:
+            s.spool_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.tempdir = str(s.spool_dir)
+        if self.store is None:
+            self.store = MinioObjectStore.from_settings(s)
+        await asyncio.to_thread(self.store.ensure_bucket)
+        if self.bus is None:
+            self.bus = await AioPikaBus.connect(s.amqp_url, "/edge/listener", timeout=s.store_deadline)
+        self._rpc = await RpcClient(self.bus.connection, timeout=s.rpc_timeout).start()
+        self._cache = AdmissionCache(self._ask_auth, s.admission_cache_ttl)
+        channel = await self.bus.connection.channel()
+        # A cache-invalidation feed: per replica, gone with it; the TTL covers any gap.
+        queue = await channel.declare_queue(
+            exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
+        )
+        await queue.bind(await channel.get_exchange(EXCHANGE), routing_key=AeChanged.name)
+        await queue.consume(self._on_ae_changed, no_ack=True)
+
+        deps = StoreDeps(
+            store=self.store, publish=self._publish,
+            max_size=s.max_instance_size, deadline=s.store_deadline,
+        )
+        self._ae = build_ae(
+            ae_title=s.ae_title, max_associations=s.max_associations,
+            max_pdu_size=s.max_pdu_size, acse_timeout=s.acse_timeout,
+            dimse_timeout=s.dimse_timeout, network_timeout=s.network_timeout,
+        )
+        self._server = self._ae.start_server(
+            (s.dicom_host, s.dicom_port),
+            block=False,
+            evt_handlers=event_handlers(self._admit, s.ae_title, deps),
+        )
+        log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
+
+    async def stop(self, grace: float = 25.0) -> None:
+        """Stop accepting associations, let the running ones finish, then close connections."""
+        if self._server is not None:
+            server = self._server
+            await asyncio.to_thread(server.shutdown)
+            deadline = time.monotonic() + grace
+            while server.active_associations and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            for assoc in server.active_associations:
+                assoc.abort()
+        if self._rpc is not None:
+            await self._rpc.stop()
+        if self.bus is not None:
+            await self.bus.close()
+
+    def readiness_checks(self) -> dict[str, Check]:
+        async def broker() -> None:
+            if self.bus is None or self.bus.connection.is_closed:
+                raise ConnectionError("broker connection closed")
+
+        async def object_store() -> None:
+            assert self.store is not None
+            await asyncio.to_thread(self.store.ping)
+
+        return {"broker": broker, "s3": object_store}
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+
+def bootstrap(settings: ListenerSettings, **adapters: Any) -> ListenerService:
+    return ListenerService(settings, **adapters)
+
+
+__all__ = ["bootstrap", "ListenerService"]

@@ -1,0 +1,162 @@
+"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE, C-ECHO and C-STORE handlers.
+
+pynetdicom runs each association in a thread of its own; the handlers here block that thread
+(S3 upload, confirmed publish), which is what lets several associations proceed at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from edge.auth.handlers import Admission
+from edge.common.dicom import Status
+from edge.common.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, set_nodelay
+from edge.listener.storage_scp import StoreRequest, store_instance
+
+log = logging.getLogger(__name__)
+
+# Received data sets go to a spool file, never to memory (pynetdicom >= 2.0).
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+C_STORE_SECONDS = Histogram(
+    "edge_cstore_seconds", "C-STORE handling time (spooled file to response)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+C_STORE_BYTES = Histogram(
+    "edge_cstore_bytes", "Size of stored instances",
+    buckets=(1e3, 1e4, 1e5, 5e5, 1e6, 1e7, 1e8, 1e9),
+)
+C_STORE_STATUS = Counter("edge_cstore_total", "C-STORE responses by status", ["status"])
+ASSOCIATIONS = Counter("edge_associations_total", "Association requests by outcome", ["outcome"])
+
+# PS3.8 9.3.4: A-ASSOCIATE-RJ (result, source, reason).
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognised
+REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE not recognised
+REJECT_TRANSIENT = (0x02, 0x03, 0x01)  # transient, service-provider (presentation), congestion
+
+Admit = Callable[[str, str], Admission]  # (calling AE, address) -> decision; blocks
+
+
+class AdmittingACSE(ACSE):
+    """ACSE that asks admission before negotiating: deny by default (PS3.8 7.1.1.3)."""
+
+    def __init__(self, assoc: Any, admit: Admit, ae_title: str) -> None:
+        super().__init__(assoc)
+        self._admit = admit
+        self._ae_title = ae_title
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        address = str(self.assoc.requestor.address)
+        if called != self._ae_title:
+            return self._reject(REJECT_CALLED_AE, f"called AE {called!r} is not ours")
+        try:
+            decision = self._admit(calling, address)
+        except Exception as exc:  # auth unreachable: refuse for now, the peer may retry
+            log.error("admission check failed for %s: %s", calling, exc)
+            return self._reject(REJECT_TRANSIENT, "admission unavailable")
+        if not decision.allowed:
+            return self._reject(REJECT_CALLING_AE, decision.reason)
+        self.assoc.edge_permissions = decision.permissions
+        ASSOCIATIONS.labels("accepted").inc()
+        super()._negotiate_as_acceptor()
+
+    def _reject(self, rsd: tuple[int, int, int], reason: str) -> None:
+        log.warning("association rejected: %s", reason)
+        ASSOCIATIONS.labels("rejected").inc()
+        self.send_reject(*rsd)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
+
+
+@dataclass
+class StoreDeps:
+    store: Any
+    publish: Any
+    max_size: int
+    deadline: float
+
+
+def on_conn_open(event: evt.Event, admit: Admit, ae_title: str) -> None:
+    """EVT_CONN_OPEN: Nagle off, and admission wired into this association's ACSE."""
+    set_nodelay(event)
+    if event.assoc.is_acceptor:
+        event.assoc.acse = AdmittingACSE(event.assoc, admit, ae_title)
+
+
+def on_c_echo(event: evt.Event) -> int:
+    """C-ECHO (PS3.4 A.4): success for any admitted association."""
+    return Status.SUCCESS
+
+
+def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
+    """C-STORE (PS3.4 B.2): the spooled instance is made durable and announced, or refused."""
+    with C_STORE_SECONDS.time():
+        request = StoreRequest(
+            path=Path(event.dataset_path),
+            sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            called_ae=str(event.assoc.acceptor.ae_title).strip(),
+            permissions=getattr(event.assoc, "edge_permissions", frozenset()),
+        )
+        result = store_instance(
+            request, store=deps.store, publish=deps.publish,
+            max_size=deps.max_size, deadline=deps.deadline,
+        )
+    C_STORE_STATUS.labels(f"0x{result.status:04X}").inc()
+    if result.status == Status.SUCCESS:
+        C_STORE_BYTES.observe(result.size)
+    else:
+        log.warning(
+            "C-STORE from %s refused with 0x%04X: %s",
+            request.calling_ae, result.status, result.comment,
+        )
+    status = Dataset()
+    status.Status = int(result.status)
+    if result.comment:
+        # PS3.7 C.4: Error Comment is at most 64 characters.
+        status.ErrorComment = result.comment[:64]
+    return status
+
+
+def build_ae(
+    *,
+    ae_title: str,
+    max_associations: int,
+    max_pdu_size: int,
+    acse_timeout: float,
+    dimse_timeout: float,
+    network_timeout: float,
+) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = max_associations
+    ae.maximum_pdu_size = max_pdu_size
+    ae.acse_timeout = acse_timeout
+    ae.dimse_timeout = dimse_timeout
+    ae.network_timeout = network_timeout
+    ae.add_supported_context(Verification)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    return ae
+
+
+def event_handlers(admit: Admit, ae_title: str, deps: StoreDeps) -> list[Any]:
+    """The listener's DIMSE handlers in one list, pynetdicom's idiom."""
+    return [
+        (evt.EVT_CONN_OPEN, on_conn_open, [admit, ae_title]),
+        (evt.EVT_C_ECHO, on_c_echo),
+        (evt.EVT_C_STORE, on_c_store, [deps]),
+    ]

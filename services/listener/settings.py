@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.common.settings import CommonSettings
+
+
+class ListenerSettings(CommonSettings):
+    """The DICOM front door. Timeouts are seconds; sizes are bytes."""
+
+    ae_title: str = "EDGE"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    max_associations: int = 32
+    max_pdu_size: int = 1 << 20
+    max_instance_size: int = 4 << 30
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    # Time a C-STORE may spend making the instance durable (S3 put + confirmed publish). It must
+    # stay below the peer's DIMSE timeout so the peer hears our failure rather than its own.
+    store_deadline: float = 20.0
+    admission_cache_ttl: float = 30.0
+    # Where received instances are spooled before they stream to S3 (None: the system default).
+    spool_dir: Path | None = None

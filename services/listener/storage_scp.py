@@ -1,0 +1,115 @@
+"""The C-STORE decision (PS3.4 Annex B): validate, make durable, announce, answer.
+
+Rule 1 of the design: success only after the object is in S3 with a server-verified checksum
+and RabbitMQ confirmed a persistent ``instance.received``. Anything else is a failure status and
+nothing is announced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from edge.common.dicom import InvalidUID, Status, instance_key, validate_uid
+from edge.common.events import InstanceReceived
+from edge.common.part10 import IncompleteDataset, check_complete
+from edge.common.store import ObjectStore, ObjectStoreError, sha256_file
+
+log = logging.getLogger(__name__)
+
+HEADER_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+# Publish ``event`` within ``timeout`` seconds or raise: the bus confirmed it or it did not.
+Publish = Callable[[InstanceReceived, float], None]
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What the listener knows of one C-STORE: the spooled Part-10 file and the command."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    called_ae: str
+    permissions: frozenset[str]
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    status: int
+    comment: str = ""
+    event: InstanceReceived | None = None
+    size: int = 0
+
+
+def store_instance(
+    request: StoreRequest,
+    *,
+    store: ObjectStore,
+    publish: Publish,
+    max_size: int,
+    deadline: float,
+) -> StoreResult:
+    """Decide the C-STORE response status, storing and announcing the instance on success."""
+    started = time.monotonic()
+    if "store" not in request.permissions:
+        return StoreResult(Status.NOT_AUTHORIZED, f"{request.calling_ae} may not store")
+    size = request.path.stat().st_size
+    if size > max_size:
+        return StoreResult(Status.TOO_LARGE, f"instance of {size} bytes exceeds {max_size}")
+    try:
+        transfer_syntax = check_complete(request.path)
+        header = dcmread(request.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    except (IncompleteDataset, InvalidDicomError, ValueError, EOFError, OSError) as exc:
+        return StoreResult(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
+    uids = {tag: str(header.get(tag, "") or "").strip() for tag in HEADER_TAGS}
+    missing = [tag for tag, value in uids.items() if not value]
+    if missing:
+        return StoreResult(Status.CANNOT_UNDERSTAND, f"data set lacks {', '.join(missing)}")
+    try:
+        for tag, value in uids.items():
+            validate_uid(value, tag)
+        validate_uid(request.sop_instance_uid, "Affected SOP Instance UID")
+        key = instance_key(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"])
+    except InvalidUID as exc:
+        return StoreResult(Status.INVALID_UID, str(exc))
+    # PS3.4 B.2.3: 0xA900, the data set does not match the SOP class / instance of the command.
+    if uids["SOPInstanceUID"] != request.sop_instance_uid:
+        return StoreResult(Status.DATASET_DOES_NOT_MATCH, "SOP Instance UID differs from the command")
+    if uids["SOPClassUID"] != request.sop_class_uid:
+        return StoreResult(Status.DATASET_DOES_NOT_MATCH, "SOP Class UID differs from the command")
+
+    try:
+        sha256 = sha256_file(request.path)
+        store.put_file(key, request.path, sha256=sha256)
+    except ObjectStoreError as exc:
+        log.error("S3 put failed for %s: %s", uids["SOPInstanceUID"], exc)
+        return StoreResult(Status.OUT_OF_RESOURCES, "object store unavailable")
+    remaining = deadline - (time.monotonic() - started)
+    if remaining <= 0:
+        return StoreResult(Status.OUT_OF_RESOURCES, "object store too slow")
+    event = InstanceReceived(
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax_uid=transfer_syntax,
+        object_key=key,
+        size=size,
+        sha256=sha256,
+        calling_ae=request.calling_ae,
+        called_ae=request.called_ae,
+    )
+    try:
+        publish(event, remaining)
+    except Exception as exc:  # not confirmed in time means not durable: never claim success
+        log.error("publish failed for %s: %s", uids["SOPInstanceUID"], exc)
+        return StoreResult(Status.OUT_OF_RESOURCES, "message broker unavailable")
+    return StoreResult(Status.SUCCESS, event=event, size=size)

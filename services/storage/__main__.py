@@ -1,0 +1,16 @@
+import asyncio
+
+from edge.common.runtime import serve
+from edge.common.telemetry import configure_telemetry
+from edge.storage.bootstrap import bootstrap
+from edge.storage.settings import StorageSettings
+
+
+def main() -> None:
+    settings = StorageSettings()
+    configure_telemetry("storage", settings.log_level)
+    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.storage_http_port))
+
+
+if __name__ == "__main__":
+    main()
