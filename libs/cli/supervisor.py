@@ -22,7 +22,7 @@ from rich.console import Console
 from edge.auth.settings import AuthSettings
 from edge.common.bus import AioPikaBus
 from edge.common.catalog import create_database_if_missing, migrate
-from edge.common.s3server import SeaweedPorts, SeaweedServer
+from edge.common.s3server import DEFAULT_S3_PORT, SeaweedPorts, SeaweedServer
 from edge.common.settings import CommonSettings
 from edge.common.store import MinioObjectStore
 from edge.ingestion.settings import IngestionSettings
@@ -54,16 +54,22 @@ async def prepare(settings: CommonSettings) -> list[str]:
 
 
 def start_dev_s3(settings: CommonSettings, data_dir: Path) -> SeaweedServer:
-    port = int(urlsplit(f"//{settings.s3_endpoint}").port or 9000)
-    defaults = SeaweedPorts.defaults()
+    port = int(urlsplit(f"//{settings.s3_endpoint}").port or DEFAULT_S3_PORT)
+    # The developer instance keeps SeaweedFS's internal ports fixed; any other instance (tests,
+    # benchmarks beside a running `make run`) takes free ones so that both can run at once.
+    internal = SeaweedPorts.defaults() if port == DEFAULT_S3_PORT else SeaweedPorts.ephemeral()
     server = SeaweedServer(
         data_dir / "s3",
         s3_port=port,
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key.get_secret_value(),
-        master_port=defaults.master,
-        volume_port=defaults.volume,
-        filer_port=defaults.filer,
+        master_port=internal.master,
+        volume_port=internal.volume,
+        filer_port=internal.filer,
+        s3_grpc_port=internal.s3_grpc,
+        master_grpc_port=internal.master_grpc,
+        volume_grpc_port=internal.volume_grpc,
+        filer_grpc_port=internal.filer_grpc,
         log_path=data_dir / "s3.log",
     )
     server.start()

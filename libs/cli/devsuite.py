@@ -1,0 +1,154 @@
+"""A whole suite on private ports, as ``make run`` starts it: for e2e tests and benchmarks.
+
+Each instance gets its own RabbitMQ virtual host, database, bucket, S3 server and ports, so it
+can run beside a developer's ``make run`` and beside other instances.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
+PG_BASE = "postgresql://postgres@127.0.0.1:5432"
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Environment for DCMTK tools: Nagle off (Debian's DCMTK reads TCP_NODELAY)."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(tool: str) -> str:
+    """The DCMTK binary, never pynetdicom's same-named console scripts in the venv."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        candidate = Path(folder) / tool
+        if candidate.exists():
+            return str(candidate)
+    raise FileNotFoundError(f"DCMTK's {tool} is not installed (apt-get install dcmtk)")
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class DevSuite:
+    """``edge up --dev`` in a child process with an environment of its own."""
+
+    work_dir: Path
+    ae_title: str = "EDGE"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    name: str = field(default_factory=lambda: f"edge_{uuid.uuid4().hex[:10]}")
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        (self.dicom_port, self.http_port, self.ingestion_port, self.storage_port,
+         self.auth_port, self.s3_port) = free_ports(6)
+        self.vhost = self.name
+        self.amqp_url = f"{AMQP_BASE}/{self.vhost}"
+        self.database_url = f"{PG_BASE}/{self.name}"
+        self.bucket = self.name.replace("_", "-")
+        self.s3_endpoint = f"127.0.0.1:{self.s3_port}"
+        self.log_path = self.work_dir / "suite.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "EDGE_ENVIRONMENT": "dev",
+            "EDGE_AMQP_URL": self.amqp_url,
+            "EDGE_DATABASE_URL": self.database_url,
+            "EDGE_S3_ENDPOINT": self.s3_endpoint,
+            "EDGE_S3_BUCKET": self.bucket,
+            "EDGE_AE_TITLE": self.ae_title,
+            "EDGE_DICOM_HOST": "127.0.0.1",
+            "EDGE_DICOM_PORT": str(self.dicom_port),
+            "EDGE_HTTP_HOST": "127.0.0.1",
+            "EDGE_HTTP_PORT": str(self.http_port),
+            "EDGE_INGESTION_HTTP_PORT": str(self.ingestion_port),
+            "EDGE_STORAGE_HTTP_PORT": str(self.storage_port),
+            "EDGE_AUTH_HTTP_PORT": str(self.auth_port),
+            "TCP_NODELAY": "1",
+            **self.extra_env,
+        }
+
+    def edge(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the ``edge`` CLI against this suite."""
+        return subprocess.run(
+            [sys.executable, "-m", "edge.cli.main", *args],
+            env=self.env, capture_output=True, text=True, timeout=120, check=check,
+        )
+
+    def start(self, timeout: float = 90.0) -> DevSuite:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        _rabbitmqctl("add_vhost", self.vhost)
+        _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli.main", "up", "--dev", "--data-dir", str(self.work_dir / "data")],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        ports = (self.http_port, self.ingestion_port, self.storage_port, self.auth_port)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"suite exited early:\n{self.log_path.read_text()[-4000:]}")
+            if all(self._ready(p) for p in ports):
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"suite not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
+
+    @staticmethod
+    def _ready(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        subprocess.run(["rabbitmqctl", "delete_vhost", self.vhost], capture_output=True, timeout=60)
+        try:
+            with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        except psycopg.Error:
+            pass
+        shutil.rmtree(self.work_dir / "data", ignore_errors=True)
+
+    def __enter__(self) -> DevSuite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
