@@ -31,3 +31,22 @@ def set_nodelay(event: Any) -> None:
 
 
 NODELAY_HANDLER = (evt.EVT_CONN_OPEN, set_nodelay)
+
+
+def prefer_requested_order(requested: Any, supported: Any) -> None:
+    """Reorder our transfer syntaxes so that the requestor's first choice we support wins.
+
+    PS3.8 9.3.2.2: a requestor lists transfer syntaxes in its order of preference, and the sender
+    of a compressed instance puts the instance's own encoding first. pynetdicom's acceptor picks by
+    its own list instead, which would make a sender decompress (or fail to) what we would have
+    stored as it was. Called per association on its private copy of the supported contexts.
+    """
+    ours = {str(cx.abstract_syntax): cx for cx in supported}
+    for proposal in requested or []:
+        context = ours.get(str(proposal.abstract_syntax))
+        if context is None:
+            continue
+        offered = [str(ts) for ts in proposal.transfer_syntax]
+        current = [str(ts) for ts in context.transfer_syntax]
+        first = [ts for ts in offered if ts in current]
+        context.transfer_syntax = first + [ts for ts in current if ts not in first]

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from edge.common.bus import BadMessage, TransientError
 from edge.common.catalog import Catalog, CatalogUnavailable, UnusableInstance, UpsertOutcome, record_from_dataset
 from edge.common.events import InstanceReceived
 from edge.common.part10 import IncompleteDataset, header_length
-from edge.common.store import ObjectStore, ObjectStoreError
+from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,11 @@ class IngestionDeps:
 
 
 def read_header(store: ObjectStore, key: str, size: int) -> Dataset:
-    """The data set up to its pixel data, read with ranged GETs (never the pixels themselves)."""
+    """The data set up to its pixel data, read with ranged GETs from the start of the object.
+
+    One 64 KiB read covers a typical header; larger headers take reads growing fourfold. What is
+    read past the header is at most the last read's size, never the whole object.
+    """
     length = FIRST_READ
     while True:
         data = store.get_range(key, 0, min(length, size))
@@ -62,7 +67,9 @@ async def on_instance_received(event: InstanceReceived, deps: IngestionDeps) -> 
         header = await asyncio.to_thread(read_header, deps.store, event.object_key, stored.size)
     except ObjectStoreError as exc:
         raise TransientError(f"object store: {exc}") from exc
-    except (ValueError, EOFError) as exc:
+    except ObjectNotFound as exc:
+        raise BadMessage(f"object {event.object_key} vanished while being read") from exc
+    except (ValueError, EOFError, InvalidDicomError) as exc:
         raise BadMessage(f"header of {event.object_key} cannot be parsed: {exc}") from exc
     try:
         record = record_from_dataset(

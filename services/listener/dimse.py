@@ -20,7 +20,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.auth.handlers import Admission
 from edge.common.dicom import Status
-from edge.common.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, set_nodelay
+from edge.common.dimse import (
+    STORAGE_SOP_CLASSES,
+    TRANSFER_SYNTAXES,
+    prefer_requested_order,
+    set_nodelay,
+)
 from edge.listener.storage_scp import StoreRequest, store_instance
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,9 @@ class AdmittingACSE(ACSE):
             return self._reject(REJECT_CALLING_AE, decision.reason)
         self.assoc.edge_permissions = decision.permissions
         ASSOCIATIONS.labels("accepted").inc()
+        prefer_requested_order(
+            request.presentation_context_definition_list, self.acceptor.supported_contexts
+        )
         super()._negotiate_as_acceptor()
 
     def _reject(self, rsd: tuple[int, int, int], reason: str) -> None:

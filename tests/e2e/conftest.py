@@ -1,0 +1,91 @@
+"""The running suite, started as ``make run`` starts it, driven by real clients."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env
+from edge.common.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
+from edge.common.store import MinioObjectStore
+
+STORE_AE = "STORESCU"
+
+
+class Client:
+    """What a test needs around a running suite: DCMTK tools, the catalog and the bucket."""
+
+    def __init__(self, suite: DevSuite) -> None:
+        self.suite = suite
+        self.store = MinioObjectStore(
+            suite.s3_endpoint, DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, suite.bucket
+        )
+
+    def dcmtk(self, tool: str, *args: str, aet: str = STORE_AE, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [dcmtk(tool), "-aet", aet, "-aec", self.suite.ae_title, *args,
+             "127.0.0.1", str(self.suite.dicom_port)],
+            env=dcmtk_env(), capture_output=True, text=True, timeout=timeout,
+        )
+
+    def storescu(self, files: list[Path], *options: str, aet: str = STORE_AE) -> subprocess.CompletedProcess[str]:
+        # Files go after host and port: storescu [options] peer port dcmfile-in...
+        return subprocess.run(
+            [dcmtk("storescu"), "-aet", aet, "-aec", self.suite.ae_title, "-nh", "-R", *options,
+             "127.0.0.1", str(self.suite.dicom_port), *map(str, files)],
+            env=dcmtk_env(), capture_output=True, text=True, timeout=600,
+        )
+
+    def query(self, sql: str, *params: object) -> list[tuple]:
+        with psycopg.connect(self.suite.database_url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def instance_count(self) -> int:
+        return int(self.query("SELECT count(*) FROM instance")[0][0])
+
+    def object_count(self) -> int:
+        return sum(1 for _ in self.store.list("studies/"))
+
+    def wait_for_instances(self, expected: int, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        count = self.instance_count()
+        while count < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+            count = self.instance_count()
+        return count
+
+    def queue_depth(self, queue: str = "ingestion.instance-received") -> int:
+        out = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "-p", self.suite.vhost, "name", "messages"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == queue:
+                return int(parts[1])
+        raise LookupError(queue)
+
+
+def start_suite(tmp: Path) -> DevSuite:
+    suite = DevSuite(tmp).start()
+    suite.edge("ae", "add", STORE_AE, "--host", "127.0.0.1", "--port", "11119", "--allow", "echo,store")
+    return suite
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSuite]:
+    started = start_suite(tmp_path_factory.mktemp("suite"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def client(suite: DevSuite) -> Client:
+    return Client(suite)
