@@ -34,9 +34,10 @@ class Client:
         )
 
     def storescu(self, files: list[Path], *options: str, aet: str = STORE_AE) -> subprocess.CompletedProcess[str]:
-        # Files go after host and port: storescu [options] peer port dcmfile-in...
+        # Without -nh, storescu halts and exits non-zero on the first refused instance; -v logs
+        # each response ("Received Store Response (Success)").
         return subprocess.run(
-            [dcmtk("storescu"), "-aet", aet, "-aec", self.suite.ae_title, "-nh", "-R", *options,
+            [dcmtk("storescu"), "-aet", aet, "-aec", self.suite.ae_title, "-v", "-R", *options,
              "127.0.0.1", str(self.suite.dicom_port), *map(str, files)],
             env=dcmtk_env(), capture_output=True, text=True, timeout=600,
         )
