@@ -182,11 +182,13 @@ class AioPikaBus:
         consumer.amqp_queue = amqp_queue
         return consumer
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close channels and the connection; bounded, since a robust connection that is busy
+        reconnecting to a vanished broker would otherwise hold shutdown up indefinitely."""
         for channel in self._consumer_channels:
             if not channel.is_closed:
-                await channel.close()
-        await self._connection.close()
+                await _bounded(channel.close(), timeout)
+        await _bounded(self._connection.close(), timeout)
 
 
 @dataclass(frozen=True)
@@ -276,10 +278,17 @@ class Consumer:
     async def stop(self, timeout: float = 20.0) -> None:
         """Stop taking messages and let the ones in flight finish (graceful shutdown)."""
         if self.amqp_queue is not None and self.tag is not None:
-            await self.amqp_queue.cancel(self.tag)
+            await _bounded(self.amqp_queue.cancel(self.tag), 5.0)
         self.stopping.set()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
+
+
+async def _bounded(awaitable: Awaitable[Any], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+        log.warning("close did not complete cleanly: %r", exc)
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -92,9 +92,12 @@ class RpcServer:
 
         return on_request
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
         if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+            try:
+                await asyncio.wait_for(self._channel.close(), timeout)
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
+                log.warning("rpc channel did not close cleanly")
 
 
 class RpcClient:
@@ -154,6 +157,9 @@ class RpcClient:
             raise RpcError(f"rpc {operation}: {reply.get('error')}")
         return reply  # type: ignore[no-any-return]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
         if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+            try:
+                await asyncio.wait_for(self._channel.close(), timeout)
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
+                log.warning("rpc channel did not close cleanly")
