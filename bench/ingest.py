@@ -397,7 +397,8 @@ def big_run(target: Target, path: Path, pdu: int, catalog_timeout: float) -> dic
     """One huge instance: listener RSS at rest just before, and its peak while sending."""
     listener = target.processes.get("listener")
     baseline = RssSampler.rss(listener) if listener else None
-    result = send(target, "big-300MB", [path], 1, pdu, catalog_timeout)
+    name = f"big-{path.stat().st_size / MB:.0f}MB"
+    result = send(target, name, [path], 1, pdu, catalog_timeout)
     after = RssSampler.rss(listener) if listener else None
     out: dict[str, object] = asdict(result)
     out.update(
@@ -459,7 +460,7 @@ def print_table(results: list[RunResult]) -> None:
                 str(r.failures),
             ]
         )
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line)
     print("-" * len(line))
@@ -633,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "big", ignore_errors=True)
 
         print()
-        print_table(results)
+        if results:
+            print_table(results)
         if big is not None and "error" not in big:
             print(
                 f"\nbig instance ({big['bytes'] / MB:.0f} MB): {big['seconds']} s, "
