@@ -118,11 +118,10 @@ def test_bundled_and_generated_instances_are_stored_byte_identical_once(
 
 def test_resending_a_study_changes_nothing(client: Client, tmp_path: Path) -> None:
     study = generate_ct_study(tmp_path / "again", series=1, per_series=20, rows=64, cols=64, seed=7)
+    expected = client.instance_count() + len(study)
     first = client.storescu(study, "-xe")
     assert first.returncode == 0, first.stderr
-    before_count = client.instance_count()
-    assert client.wait_for_instances(before_count) == before_count
-    time.sleep(1)
+    assert client.wait_for_instances(expected) == expected
     snapshot = client.query("SELECT sop_instance_uid, sha256, updated_at FROM instance ORDER BY 1")
     again = client.storescu(study, "-xe")
     assert again.returncode == 0, again.stderr
