@@ -31,6 +31,9 @@ class CommonSettings(BaseSettings):
     s3_bucket: str = "dicom"
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    # Multipart part size for large objects: one part is held in memory per upload, so this
+    # bounds what a large instance adds to a process (S3 allows 5 MiB to 5 GiB per part).
+    s3_part_size: int = 8 << 20
     log_level: str = "INFO"
     # Deadline for one RPC round trip (seconds); callers map a timeout to a DICOM failure status.
     rpc_timeout: float = 5.0

@@ -29,15 +29,14 @@ class IngestionDeps:
     catalog: Catalog
 
 
-def read_header(store: ObjectStore, key: str, size: int) -> Dataset:
-    """The data set up to its pixel data, read with ranged GETs from the start of the object.
+def read_header(store: ObjectStore, key: str, first: bytes, size: int) -> Dataset:
+    """The data set up to its pixel data, from ``first`` (the object's first bytes) and, when
+    the header is longer, ranged GETs growing fourfold from the start of the object.
 
-    One 64 KiB read covers a typical header; larger headers take reads growing fourfold. What is
-    read past the header is at most the last read's size, never the whole object.
+    What is read past the header is at most the last read's size, never the whole object.
     """
-    length = FIRST_READ
+    data, length = first, max(len(first), 1)
     while True:
-        data = store.get_range(key, 0, min(length, size))
         if len(data) >= size:
             return dcmread(io.BytesIO(data), stop_before_pixels=True)
         try:
@@ -49,6 +48,7 @@ def read_header(store: ObjectStore, key: str, size: int) -> Dataset:
         if length >= MAX_HEADER:
             raise BadMessage(f"header of {key} exceeds {MAX_HEADER} bytes")
         length = size if end is None else length * 4
+        data = store.get_range(key, 0, min(length, size))
 
 
 async def on_instance_received(event: InstanceReceived, deps: IngestionDeps) -> UpsertOutcome | None:
@@ -58,17 +58,17 @@ async def on_instance_received(event: InstanceReceived, deps: IngestionDeps) -> 
     (their own ``instance.received`` will index them).
     """
     try:
-        stored = await asyncio.to_thread(deps.store.stat, event.object_key)
-        if stored is None:
-            raise BadMessage(f"object {event.object_key} does not exist")
+        first, stored = await asyncio.to_thread(deps.store.read_head, event.object_key, FIRST_READ)
         if stored.sha256 and stored.sha256 != event.sha256:
             log.info("instance %s superseded by newer bytes; skipped", event.sop_instance_uid)
             return None
-        header = await asyncio.to_thread(read_header, deps.store, event.object_key, stored.size)
+        header = await asyncio.to_thread(
+            read_header, deps.store, event.object_key, first, stored.size
+        )
     except ObjectStoreError as exc:
         raise TransientError(f"object store: {exc}") from exc
     except ObjectNotFound as exc:
-        raise BadMessage(f"object {event.object_key} vanished while being read") from exc
+        raise BadMessage(f"object {event.object_key} does not exist") from exc
     except (ValueError, EOFError, InvalidDicomError) as exc:
         raise BadMessage(f"header of {event.object_key} cannot be parsed: {exc}") from exc
     try:

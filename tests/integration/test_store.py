@@ -207,3 +207,22 @@ def test_from_settings_reaches_the_server(s3_server: S3Endpoint):
     store.ensure_bucket()  # idempotent
     store.ping()
     assert store.bucket == bucket
+
+
+def test_read_head_returns_prefix_size_and_sha256_in_one_request(
+    object_store: MinioObjectStore, tmp_path: Path
+):
+    data = os.urandom(300_000)
+    path = tmp_path / "head.dcm"
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    object_store.put_file("studies/1/series/2/instances/3.dcm", path, sha256=digest)
+
+    head, described = object_store.read_head("studies/1/series/2/instances/3.dcm", 65536)
+
+    assert head == data[:65536]
+    assert (described.size, described.sha256) == (len(data), digest)
+    small, whole = object_store.read_head("studies/1/series/2/instances/3.dcm", 1 << 20)
+    assert small == data and whole.size == len(data)
+    with pytest.raises(ObjectNotFound):
+        object_store.read_head("studies/1/series/2/instances/404.dcm", 10)
