@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/edge up --dev
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(VENV)/bin/pytest -q
 
 unit: $(STAMP)

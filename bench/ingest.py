@@ -47,9 +47,8 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env  # noqa: E402
-
 from bench.generate import generate_big_instance, generate_ct_study  # noqa: E402
+from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env  # noqa: E402
 
 CALLING_AE = "BENCH"
 MB = 1_000_000

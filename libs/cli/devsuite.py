@@ -66,8 +66,14 @@ class DevSuite:
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
-        (self.dicom_port, self.http_port, self.ingestion_port, self.storage_port,
-         self.auth_port, self.s3_port) = free_ports(6)
+        (
+            self.dicom_port,
+            self.http_port,
+            self.ingestion_port,
+            self.storage_port,
+            self.auth_port,
+            self.s3_port,
+        ) = free_ports(6)
         self.vhost = self.name
         self.amqp_url = f"{AMQP_BASE}/{self.vhost}"
         self.database_url = f"{PG_BASE}/{self.name}"
@@ -100,7 +106,11 @@ class DevSuite:
         """Run the ``edge`` CLI against this suite."""
         return subprocess.run(
             [sys.executable, "-m", "edge.cli.main", *args],
-            env=self.env, capture_output=True, text=True, timeout=120, check=check,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=check,
         )
 
     def start(self, timeout: float = 90.0) -> DevSuite:
@@ -109,8 +119,19 @@ class DevSuite:
         _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli.main", "up", "--dev", "--data-dir", str(self.work_dir / "data")],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "edge.cli.main",
+                "up",
+                "--dev",
+                "--data-dir",
+                str(self.work_dir / "data"),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         ports = (self.http_port, self.ingestion_port, self.storage_port, self.auth_port)

@@ -36,7 +36,9 @@ def run(service: Annotated[str, typer.Argument(help=f"one of {', '.join(SERVICES
 
 @app.command()
 def up(
-    dev: Annotated[bool, typer.Option(help="also start a local S3 server, create DB and bucket")] = False,
+    dev: Annotated[
+        bool, typer.Option(help="also start a local S3 server, create DB and bucket")
+    ] = False,
     data_dir: Annotated[Path, typer.Option(help="where --dev keeps the S3 data")] = Path(".run"),
 ) -> None:
     """Run every service under one supervisor; Ctrl-C or SIGTERM stops them all."""
@@ -90,7 +92,9 @@ def ae_add(
     title: str,
     host: Annotated[list[str], typer.Option(help="address, CIDR or host name; repeatable")],
     port: Annotated[int, typer.Option(help="the node's DICOM port")],
-    allow: Annotated[str, typer.Option(help="comma list of echo,store,find,move,get")] = "echo,store",
+    allow: Annotated[
+        str, typer.Option(help="comma list of echo,store,find,move,get")
+    ] = "echo,store",
     tls: Annotated[bool, typer.Option(help="TLS required for this node")] = False,
     move_destination: Annotated[bool, typer.Option(help="may be a C-MOVE destination")] = True,
     description: str = "",
@@ -100,9 +104,13 @@ def ae_add(
 
     try:
         ae = RemoteAE(
-            ae_title=title, hosts=tuple(host), port=port,
+            ae_title=title,
+            hosts=tuple(host),
+            port=port,
             permissions=frozenset(p.strip() for p in allow.split(",") if p.strip()),
-            tls_required=tls, move_destination=move_destination, description=description,
+            tls_required=tls,
+            move_destination=move_destination,
+            description=description,
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
@@ -120,8 +128,12 @@ def ae_list() -> None:
     table = Table("AE title", "hosts", "port", "permissions", "TLS", "move dest.", "description")
     for ae in asyncio.run(_registry().list()):
         table.add_row(
-            ae.ae_title, ", ".join(ae.hosts), str(ae.port), ",".join(sorted(ae.permissions)),
-            "yes" if ae.tls_required else "no", "yes" if ae.move_destination else "no",
+            ae.ae_title,
+            ", ".join(ae.hosts),
+            str(ae.port),
+            ",".join(sorted(ae.permissions)),
+            "yes" if ae.tls_required else "no",
+            "yes" if ae.move_destination else "no",
             ae.description,
         )
     console.print(table)
@@ -198,7 +210,9 @@ def echo(
     client.add_requested_context(Verification)
     assoc = client.associate(host, port, ae_title=ae, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:
-        console.print(f"[red]{'rejected' if assoc.is_rejected else 'no association'} by {ae}@{host}:{port}[/]")
+        console.print(
+            f"[red]{'rejected' if assoc.is_rejected else 'no association'} by {ae}@{host}:{port}[/]"
+        )
         raise typer.Exit(1)
     status = assoc.send_c_echo()
     assoc.release()

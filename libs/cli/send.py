@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,9 @@ def discover(paths: Iterable[Path]) -> tuple[list[Outgoing], list[tuple[Path, st
     skipped: list[tuple[Path, str]] = []
     for path in _files(paths):
         try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            ds = dcmread(
+                path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+            )
             found.append(
                 Outgoing(
                     path,
@@ -76,7 +78,7 @@ def send_batch(
     host: str,
     port: int,
     calling_ae: str,
-    on_result: callable,  # type: ignore[valid-type]
+    on_result: Callable[[Outgoing, int | None, str], None],
 ) -> None:
     """One association for ``batch``; ``on_result(item, status_or_None, comment)`` per file."""
     # Send the bytes as they are on disk (no decode, no re-encode): needs an exact context.

@@ -34,13 +34,19 @@ SERVICES = ("auth", "storage", "ingestion", "listener")
 STOP_GRACE = 30.0
 
 
+# Each service reads EDGE_HTTP_PORT (one service per container). On one host the listener keeps
+# EDGE_HTTP_PORT and the others take EDGE_<SERVICE>_HTTP_PORT, passed down as their EDGE_HTTP_PORT.
+DEFAULT_HTTP_PORTS = {
+    "auth": AuthSettings.model_fields["http_port"].default,
+    "storage": StorageSettings.model_fields["http_port"].default,
+    "ingestion": IngestionSettings.model_fields["http_port"].default,
+}
+
+
 def http_port(service: str) -> int:
-    return {
-        "auth": lambda: AuthSettings().auth_http_port,
-        "storage": lambda: StorageSettings().storage_http_port,
-        "ingestion": lambda: IngestionSettings().ingestion_http_port,
-        "listener": lambda: ListenerSettings().http_port,
-    }[service]()
+    if service == "listener":
+        return ListenerSettings().http_port
+    return int(os.environ.get(f"EDGE_{service.upper()}_HTTP_PORT", DEFAULT_HTTP_PORTS[service]))
 
 
 async def prepare(settings: CommonSettings) -> list[str]:
@@ -86,7 +92,10 @@ class Child:
 
 def spawn(service: str) -> subprocess.Popen[bytes]:
     # Own session: a Ctrl-C reaches the supervisor only, which then stops children in order.
-    return subprocess.Popen([sys.executable, "-m", f"edge.{service}"], start_new_session=True)
+    env = {**os.environ, "EDGE_HTTP_PORT": str(http_port(service))}
+    return subprocess.Popen(
+        [sys.executable, "-m", f"edge.{service}"], env=env, start_new_session=True
+    )
 
 
 def wait_ready(services: tuple[str, ...], timeout: float = 60.0) -> list[str]:
@@ -109,7 +118,9 @@ def wait_ready(services: tuple[str, ...], timeout: float = 60.0) -> list[str]:
 def banner(console: Console, settings: CommonSettings) -> None:
     listener = ListenerSettings()
     console.print(f"[bold green]DICOM Edge is up[/]  (environment: {settings.environment})")
-    console.print(f"  DICOM      AE title [bold]{listener.ae_title}[/] on port {listener.dicom_port}")
+    console.print(
+        f"  DICOM      AE title [bold]{listener.ae_title}[/] on port {listener.dicom_port}"
+    )
     for service in SERVICES:
         console.print(f"  {service:<10} http://127.0.0.1:{http_port(service)}/readyz")
     console.print(f"  S3         http://{settings.s3_endpoint}  bucket {settings.s3_bucket}")
@@ -145,8 +156,10 @@ def run(*, dev: bool, data_dir: Path, console: Console) -> int:
                 code = child.process.poll()
                 if code is not None and not stopping:
                     # Crash-only services: restart with a backoff that grows with each crash.
-                    delay = min(2 ** child.restarts, 30)
-                    console.print(f"[red]{child.service} exited with {code}; restart in {delay}s[/]")
+                    delay = min(2**child.restarts, 30)
+                    console.print(
+                        f"[red]{child.service} exited with {code}; restart in {delay}s[/]"
+                    )
                     time.sleep(delay)
                     child.process, child.restarts = spawn(child.service), child.restarts + 1
             time.sleep(0.2)

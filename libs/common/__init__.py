@@ -1,1 +1,1 @@
-"""Shared library of DICOM Edge: settings, events, bus, RPC, object store, catalog, DICOM helpers."""
+"""Shared library of DICOM Edge: settings, events, bus, RPC, store, catalog, DICOM helpers."""

@@ -22,7 +22,14 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from edge.common.events import CONTENT_TYPE, Event, UndecodableMessage, from_parts, to_body, to_headers
+from edge.common.events import (
+    CONTENT_TYPE,
+    Event,
+    UndecodableMessage,
+    from_parts,
+    to_body,
+    to_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +155,9 @@ class AioPikaBus:
         except Exception as exc:  # broker down, nack, return, timeout: all mean "not durable"
             raise BusError(f"publish of {event.name} not confirmed: {exc!r}") from exc
 
-    async def dead_letter(self, queue: ConsumerQueue, message: AbstractIncomingMessage, reason: str) -> None:
+    async def dead_letter(
+        self, queue: ConsumerQueue, message: AbstractIncomingMessage, reason: str
+    ) -> None:
         """Put ``message`` on the queue's dead-letter queue with a reason, confirmed."""
         assert self._dlx is not None
         headers = dict(message.headers or {})
@@ -253,7 +262,9 @@ class Consumer:
                     await message.nack(requeue=True)
                     return
                 delay = next(delays)
-                log.warning("%s: transient failure, retry in %.1fs: %s", self.queue.name, delay, exc)
+                log.warning(
+                    "%s: transient failure, retry in %.1fs: %s", self.queue.name, delay, exc
+                )
                 try:
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 except TimeoutError:

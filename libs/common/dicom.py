@@ -69,5 +69,12 @@ class Status(IntEnum):
     PROCESSING_FAILURE = 0x0110
 
 
-# PS3.10 7.1: the transfer syntaxes whose data set is deflated after the file meta group.
+# PS3.5 A.5, A.7: the transfer syntaxes whose data set is deflated after the file meta group.
 DEFLATED_EXPLICIT_LITTLE = "1.2.840.10008.1.2.1.99"
+DEFLATED_TRANSFER_SYNTAXES = frozenset(
+    {
+        DEFLATED_EXPLICIT_LITTLE,
+        "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+        "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+    }
+)

@@ -4,8 +4,8 @@ Events carry UIDs, counts, modalities, SOP classes, sizes and object keys, never
 birth dates or other demographics; bytes never ride the bus.
 
 Wire format: CloudEvents 1.0 in binary mode: the attributes travel as ``ce-*`` AMQP headers and
-the body is the event's data as JSON (never pickle). ``to_message``/``from_message`` are the one
-place that knows the mapping.
+the body is the event's data as JSON (never pickle). ``to_headers``/``to_body`` and ``from_parts``
+are the one place that knows the mapping.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ def from_parts(headers: dict[str, Any], body: bytes) -> Event:
         data = json.loads(body)
         if not isinstance(data, dict):
             raise UndecodableMessage("event body is not a JSON object")
-        return cls(id=_text(headers.get("ce-id")), time=_text(headers.get("ce-time")), **data)
+        return cls.model_validate(
+            {**data, "id": _text(headers.get("ce-id")), "time": _text(headers.get("ce-time"))}
+        )
     except (ValueError, ValidationError, TypeError) as exc:
         raise UndecodableMessage(f"{ce_type}: {exc}") from exc
 

@@ -12,16 +12,30 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from edge.common.dicom import DEFLATED_EXPLICIT_LITTLE
+from edge.common.dicom import DEFLATED_TRANSFER_SYNTAXES
 
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 EXPLICIT_BIG = "1.2.840.10008.1.2.2"
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # PS3.5 7.1.2: VRs with a 2-byte reserved field and a 4-byte length in explicit VR.
-LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 MAX_DEPTH = 32
 # (7FE0,0008) Float, (7FE0,0009) Double Float and (7FE0,0010) Pixel Data: the bulk of an image.
 PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
@@ -39,13 +53,17 @@ class _Walker:
     def read(self, n: int) -> bytes:
         data = self.fp.read(n)
         if len(data) != n:
-            raise IncompleteDataset(f"file ends {n - len(data)} bytes short at offset {self.fp.tell()}")
+            raise IncompleteDataset(
+                f"file ends {n - len(data)} bytes short at offset {self.fp.tell()}"
+            )
         return data
 
     def skip(self, n: int) -> None:
         end = self.fp.tell() + n
         if end > self.size:
-            raise IncompleteDataset(f"element of {n} bytes runs {end - self.size} bytes past the end")
+            raise IncompleteDataset(
+                f"element of {n} bytes runs {end - self.size} bytes past the end"
+            )
         self.fp.seek(end)
 
     def tag_and_length(self) -> tuple[int, bytes | None, int]:
@@ -119,7 +137,7 @@ def header_length(fp: BinaryIO, size: int) -> int | None:
     returns None for a deflated file, whose header can only be found by inflating all of it.
     """
     transfer_syntax, end = _walk(fp, size, stop_at_pixels=True)
-    return None if transfer_syntax == DEFLATED_EXPLICIT_LITTLE else end
+    return None if transfer_syntax in DEFLATED_TRANSFER_SYNTAXES else end
 
 
 def _walk(fp: BinaryIO, size: int, *, stop_at_pixels: bool) -> tuple[str, int]:
@@ -140,13 +158,14 @@ def _walk(fp: BinaryIO, size: int, *, stop_at_pixels: bool) -> tuple[str, int]:
             meta.skip(length)
     if not transfer_syntax:
         raise IncompleteDataset("file meta has no transfer syntax")
-    if transfer_syntax == DEFLATED_EXPLICIT_LITTLE:
+    if transfer_syntax in DEFLATED_TRANSFER_SYNTAXES:
         if stop_at_pixels:
             return transfer_syntax, size
         with _inflate(fp) as inflated:
             inflated_size = inflated.seek(0, 2)
             inflated.seek(0)
-            _Walker(inflated, inflated_size, implicit=False, little=True).dataset(0, False)
+            inner = _Walker(cast(BinaryIO, inflated), inflated_size, implicit=False, little=True)
+            inner.dataset(0, until_item_end=False)
         return transfer_syntax, size
     walker = _Walker(
         fp,

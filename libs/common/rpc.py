@@ -1,9 +1,9 @@
 """Request/reply over RabbitMQ: one request queue per operation, direct reply-to, deadlines.
 
 A request carries its deadline (``x-deadline``, epoch milliseconds as an integer: an AMQP float
-header may travel as a 32-bit float, which cannot hold an epoch time to the second) and a matching per-message TTL, so
-a server never works on a request whose caller has given up. The caller maps a timeout to the
-failure a peer expects, never to an empty success.
+header may travel as a 32-bit float, which cannot hold an epoch time to the second) and a
+matching per-message TTL, so a server never works on a request whose caller has given up. The
+caller maps a timeout to the failure a peer expects, never to an empty success.
 """
 
 from __future__ import annotations
@@ -49,6 +49,13 @@ async def declare_request_queue(channel: AbstractChannel, operation: str) -> Any
     )
 
 
+def _int_header(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
+
+
 class RpcServer:
     """Serves operations: each handler takes a JSON object and returns one."""
 
@@ -69,7 +76,7 @@ class RpcServer:
     ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_request(message: AbstractIncomingMessage) -> None:
             async with message.process(requeue=False, ignore_processed=True):
-                deadline_ms = int((message.headers or {}).get(DEADLINE_HEADER, 0) or 0)  # type: ignore[call-overload]
+                deadline_ms = _int_header((message.headers or {}).get(DEADLINE_HEADER))
                 if deadline_ms and time.time() * 1000 > deadline_ms:
                     return  # the caller has given up; answering would only be noise
                 headers: dict[str, Any] = {}
@@ -122,7 +129,9 @@ class RpcClient:
         if future is not None and not future.done():
             future.set_result(message)
 
-    async def call(self, operation: str, payload: Payload, *, timeout: float | None = None) -> Payload:
+    async def call(
+        self, operation: str, payload: Payload, *, timeout: float | None = None
+    ) -> Payload:
         """Call ``operation`` and return its reply; raise RpcTimeout or RpcError."""
         if self._channel is None or self._channel.is_closed:
             raise RpcTimeout(f"rpc {operation}: no channel to the broker")

@@ -14,7 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_S3_ACCESS_KEY = "edge-dev-access"
 DEV_S3_SECRET_KEY = "edge-dev-secret-change-me"
-PLACEHOLDER_SECRETS = {DEV_S3_SECRET_KEY}
+
+
+def is_placeholder(secret: str) -> bool:
+    """True for the development secret and for the CHANGE_ME values the deploy files ship."""
+    folded = secret.lower().replace("_", "-")
+    return not secret or "change-me" in folded
 
 
 class CommonSettings(BaseSettings):
@@ -41,7 +46,7 @@ class CommonSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> CommonSettings:
         if self.environment != "dev":
-            if self.s3_secret_key.get_secret_value() in PLACEHOLDER_SECRETS:
+            if is_placeholder(self.s3_secret_key.get_secret_value()):
                 raise ValueError(
                     "EDGE_S3_SECRET_KEY is still the development placeholder; "
                     "set a real secret or EDGE_ENVIRONMENT=dev"

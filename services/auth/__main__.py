@@ -9,7 +9,7 @@ from edge.common.telemetry import configure_telemetry
 def main() -> None:
     settings = AuthSettings()
     configure_telemetry("auth", settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.auth_http_port))
+    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge.auth.registry import RemoteAE
 
@@ -22,15 +22,19 @@ class Admission:
     permissions: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, object]:
-        return {"allowed": self.allowed, "reason": self.reason, "permissions": sorted(self.permissions)}
+        return {
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "permissions": sorted(self.permissions),
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> Admission:
+    def from_json(cls, data: dict[str, Any]) -> Admission:
         perms = data.get("permissions") or []
         return cls(
             allowed=bool(data.get("allowed")),
             reason=str(data.get("reason", "")),
-            permissions=frozenset(str(p) for p in perms),  # type: ignore[union-attr]
+            permissions=frozenset(str(p) for p in perms),
         )
 
 
@@ -50,7 +54,9 @@ async def address_matches(address: str, hosts: tuple[str, ...]) -> bool:
         except ValueError:
             pass
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, None, type=socket.SOCK_STREAM
+            )
         except OSError:
             continue
         if any(ipaddress.ip_address(info[4][0]) == ip for info in infos):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -37,7 +38,7 @@ class RemoteAE:
             raise ValueError(f"port out of range: {self.port}")
 
 
-def _from_row(row: dict) -> RemoteAE:
+def _from_row(row: dict[str, Any]) -> RemoteAE:
     return RemoteAE(
         ae_title=row["ae_title"],
         hosts=tuple(row["hosts"]),
@@ -55,8 +56,10 @@ class PsycopgAERegistry:
     def __init__(self, database_url: str) -> None:
         self._url = database_url
 
-    async def _connect(self) -> psycopg.AsyncConnection:
-        return await psycopg.AsyncConnection.connect(self._url, connect_timeout=5, row_factory=dict_row)
+    async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+        return await psycopg.AsyncConnection.connect(
+            self._url, connect_timeout=5, row_factory=dict_row
+        )
 
     async def get(self, ae_title: str) -> RemoteAE | None:
         async with await self._connect() as conn:
@@ -85,8 +88,13 @@ class PsycopgAERegistry:
                 RETURNING (xmax = 0) AS inserted
                 """,
                 (
-                    ae.ae_title, list(ae.hosts), ae.port, sorted(ae.permissions),
-                    ae.tls_required, ae.move_destination, ae.description,
+                    ae.ae_title,
+                    list(ae.hosts),
+                    ae.port,
+                    sorted(ae.permissions),
+                    ae.tls_required,
+                    ae.move_destination,
+                    ae.description,
                 ),
             )
             row = await cur.fetchone()

@@ -5,4 +5,5 @@ from edge.common.settings import CommonSettings
 
 class AuthSettings(CommonSettings):
     http_host: str = "0.0.0.0"
-    auth_http_port: int = 8083
+    # EDGE_HTTP_PORT in its own container; `edge up` sets it from EDGE_AUTH_HTTP_PORT.
+    http_port: int = 8083

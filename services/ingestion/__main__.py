@@ -9,7 +9,7 @@ from edge.ingestion.settings import IngestionSettings
 def main() -> None:
     settings = IngestionSettings()
     configure_telemetry("ingestion", settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.ingestion_http_port))
+    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
 
 
 if __name__ == "__main__":

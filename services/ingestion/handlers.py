@@ -12,7 +12,13 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from edge.common.bus import BadMessage, TransientError
-from edge.common.catalog import Catalog, CatalogUnavailable, UnusableInstance, UpsertOutcome, record_from_dataset
+from edge.common.catalog import (
+    Catalog,
+    CatalogUnavailable,
+    UnusableInstance,
+    UpsertOutcome,
+    record_from_dataset,
+)
 from edge.common.events import InstanceReceived
 from edge.common.part10 import IncompleteDataset, header_length
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
@@ -51,7 +57,9 @@ def read_header(store: ObjectStore, key: str, first: bytes, size: int) -> Datase
         data = store.get_range(key, 0, min(length, size))
 
 
-async def on_instance_received(event: InstanceReceived, deps: IngestionDeps) -> UpsertOutcome | None:
+async def on_instance_received(
+    event: InstanceReceived, deps: IngestionDeps
+) -> UpsertOutcome | None:
     """Index one received instance: idempotent by SOP Instance UID and SHA-256.
 
     Returns what the catalog did, or None when the object was since replaced by newer bytes
@@ -90,5 +98,9 @@ async def on_instance_received(event: InstanceReceived, deps: IngestionDeps) -> 
     except CatalogUnavailable as exc:
         raise TransientError(f"catalog: {exc}") from exc
     if outcome is UpsertOutcome.REPLACED:
-        log.info("instance %s replaced by new bytes (sha256 %s)", event.sop_instance_uid, event.sha256[:12])
+        log.info(
+            "instance %s replaced by new bytes (sha256 %s)",
+            event.sop_instance_uid,
+            event.sha256[:12],
+        )
     return outcome

@@ -5,7 +5,8 @@ from edge.common.settings import CommonSettings
 
 class IngestionSettings(CommonSettings):
     http_host: str = "0.0.0.0"
-    ingestion_http_port: int = 8081
+    # EDGE_HTTP_PORT in its own container; `edge up` sets it from EDGE_INGESTION_HTTP_PORT.
+    http_port: int = 8081
     # Seconds without a new instance before a study is announced (used by the events issue).
     stable_after: float = 60.0
     # Messages in flight per ingestion process: enough to keep the database busy.

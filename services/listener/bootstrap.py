@@ -46,7 +46,9 @@ class ListenerService:
 
     def _admit(self, calling_ae: str, address: str) -> Admission:
         assert self._loop is not None and self._cache is not None
-        future = asyncio.run_coroutine_threadsafe(self._cache.admit(calling_ae, address), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._cache.admit(calling_ae, address), self._loop
+        )
         return future.result(self.settings.rpc_timeout + 1)
 
     def _publish(self, event: InstanceReceived, timeout: float) -> None:
@@ -80,10 +82,13 @@ class ListenerService:
             s.spool_dir.mkdir(parents=True, exist_ok=True)
             tempfile.tempdir = str(s.spool_dir)
         if self.store is None:
+            # The storage service (or `edge up --dev`) creates the bucket; the listener only
+            # needs to write objects, and /readyz says when the bucket is not there.
             self.store = MinioObjectStore.from_settings(s)
-        await asyncio.to_thread(self.store.ensure_bucket)
         if self.bus is None:
-            self.bus = await AioPikaBus.connect(s.amqp_url, "/edge/listener", timeout=s.store_deadline)
+            self.bus = await AioPikaBus.connect(
+                s.amqp_url, "/edge/listener", timeout=s.store_deadline
+            )
         self._rpc = await RpcClient(self.bus.connection, timeout=s.rpc_timeout).start()
         self._cache = AdmissionCache(self._ask_auth, s.admission_cache_ttl)
         channel = await self.bus.connection.channel()
@@ -95,13 +100,18 @@ class ListenerService:
         await queue.consume(self._on_ae_changed, no_ack=True)
 
         deps = StoreDeps(
-            store=self.store, publish=self._publish,
-            max_size=s.max_instance_size, deadline=s.store_deadline,
+            store=self.store,
+            publish=self._publish,
+            max_size=s.max_instance_size,
+            deadline=s.store_deadline,
         )
         self._ae = build_ae(
-            ae_title=s.ae_title, max_associations=s.max_associations,
-            max_pdu_size=s.max_pdu_size, acse_timeout=s.acse_timeout,
-            dimse_timeout=s.dimse_timeout, network_timeout=s.network_timeout,
+            ae_title=s.ae_title,
+            max_associations=s.max_associations,
+            max_pdu_size=s.max_pdu_size,
+            acse_timeout=s.acse_timeout,
+            dimse_timeout=s.dimse_timeout,
+            network_timeout=s.network_timeout,
         )
         self._server = self._ae.start_server(
             (s.dicom_host, s.dicom_port),
@@ -116,7 +126,8 @@ class ListenerService:
             server = self._server
             await asyncio.to_thread(server.shutdown)
             deadline = time.monotonic() + grace
-            while server.active_associations and time.monotonic() < deadline:
+            # Associations are threads, not tasks: there is no event to await, so poll.
+            while server.active_associations and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
             for assoc in server.active_associations:
                 assoc.abort()

@@ -10,12 +10,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import Counter, Histogram
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.acse import ACSE
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.auth.handlers import Admission
@@ -34,11 +35,13 @@ log = logging.getLogger(__name__)
 _config.STORE_RECV_CHUNKED_DATASET = True
 
 C_STORE_SECONDS = Histogram(
-    "edge_cstore_seconds", "C-STORE handling time (spooled file to response)",
+    "edge_cstore_seconds",
+    "C-STORE handling time (spooled file to response)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 C_STORE_BYTES = Histogram(
-    "edge_cstore_bytes", "Size of stored instances",
+    "edge_cstore_bytes",
+    "Size of stored instances",
     buckets=(1e3, 1e4, 1e5, 5e5, 1e6, 1e7, 1e8, 1e9),
 )
 C_STORE_STATUS = Counter("edge_cstore_total", "C-STORE responses by status", ["status"])
@@ -62,6 +65,7 @@ class AdmittingACSE(ACSE):
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
+        assert request is not None  # the A-ASSOCIATE-RQ that started this negotiation
         calling = str(request.calling_ae_title).strip()
         called = str(request.called_ae_title).strip()
         address = str(self.assoc.requestor.address)
@@ -74,7 +78,7 @@ class AdmittingACSE(ACSE):
             return self._reject(REJECT_TRANSIENT, "admission unavailable")
         if not decision.allowed:
             return self._reject(REJECT_CALLING_AE, decision.reason)
-        self.assoc.edge_permissions = decision.permissions
+        self.assoc.edge_permissions = decision.permissions  # type: ignore[attr-defined]
         ASSOCIATIONS.labels("accepted").inc()
         prefer_requested_order(
             request.presentation_context_definition_list, self.acceptor.supported_contexts
@@ -111,18 +115,22 @@ def on_c_echo(event: evt.Event) -> int:
 
 def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
     """C-STORE (PS3.4 B.2): the spooled instance is made durable and announced, or refused."""
+    command = cast(C_STORE, event.request)
     with C_STORE_SECONDS.time():
         request = StoreRequest(
             path=Path(event.dataset_path),
-            sop_class_uid=str(event.request.AffectedSOPClassUID or ""),
-            sop_instance_uid=str(event.request.AffectedSOPInstanceUID or ""),
+            sop_class_uid=str(command.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(command.AffectedSOPInstanceUID or ""),
             calling_ae=str(event.assoc.requestor.ae_title).strip(),
             called_ae=str(event.assoc.acceptor.ae_title).strip(),
             permissions=getattr(event.assoc, "edge_permissions", frozenset()),
         )
         result = store_instance(
-            request, store=deps.store, publish=deps.publish,
-            max_size=deps.max_size, deadline=deps.deadline,
+            request,
+            store=deps.store,
+            publish=deps.publish,
+            max_size=deps.max_size,
+            deadline=deps.deadline,
         )
     C_STORE_STATUS.labels(f"0x{result.status:04X}").inc()
     if result.status == Status.SUCCESS:
@@ -130,7 +138,9 @@ def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
     else:
         log.warning(
             "C-STORE from %s refused with 0x%04X: %s",
-            request.calling_ae, result.status, result.comment,
+            request.calling_ae,
+            result.status,
+            result.comment,
         )
     status = Dataset()
     status.Status = int(result.status)

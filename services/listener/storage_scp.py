@@ -77,12 +77,16 @@ def store_instance(
         for tag, value in uids.items():
             validate_uid(value, tag)
         validate_uid(request.sop_instance_uid, "Affected SOP Instance UID")
-        key = instance_key(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"])
+        key = instance_key(
+            uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
+        )
     except InvalidUID as exc:
         return StoreResult(Status.INVALID_UID, str(exc))
     # PS3.4 B.2.3: 0xA900, the data set does not match the SOP class / instance of the command.
     if uids["SOPInstanceUID"] != request.sop_instance_uid:
-        return StoreResult(Status.DATASET_DOES_NOT_MATCH, "SOP Instance UID differs from the command")
+        return StoreResult(
+            Status.DATASET_DOES_NOT_MATCH, "SOP Instance UID differs from the command"
+        )
     if uids["SOPClassUID"] != request.sop_class_uid:
         return StoreResult(Status.DATASET_DOES_NOT_MATCH, "SOP Class UID differs from the command")
 

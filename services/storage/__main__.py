@@ -9,7 +9,7 @@ from edge.storage.settings import StorageSettings
 def main() -> None:
     settings = StorageSettings()
     configure_telemetry("storage", settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.storage_http_port))
+    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
 
 
 if __name__ == "__main__":

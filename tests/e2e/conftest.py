@@ -26,20 +26,49 @@ class Client:
             suite.s3_endpoint, DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, suite.bucket
         )
 
-    def dcmtk(self, tool: str, *args: str, aet: str = STORE_AE, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def dcmtk(
+        self, tool: str, *args: str, aet: str = STORE_AE, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [dcmtk(tool), "-aet", aet, "-aec", self.suite.ae_title, *args,
-             "127.0.0.1", str(self.suite.dicom_port)],
-            env=dcmtk_env(), capture_output=True, text=True, timeout=timeout,
+            [
+                dcmtk(tool),
+                "-aet",
+                aet,
+                "-aec",
+                self.suite.ae_title,
+                *args,
+                "127.0.0.1",
+                str(self.suite.dicom_port),
+            ],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
-    def storescu(self, files: list[Path], *options: str, aet: str = STORE_AE) -> subprocess.CompletedProcess[str]:
+    def storescu(
+        self, files: list[Path], *options: str, aet: str = STORE_AE
+    ) -> subprocess.CompletedProcess[str]:
         # Without -nh, storescu halts and exits non-zero on the first refused instance; -v logs
         # each response ("Received Store Response (Success)").
         return subprocess.run(
-            [dcmtk("storescu"), "-aet", aet, "-aec", self.suite.ae_title, "-v", "-R", *options,
-             "127.0.0.1", str(self.suite.dicom_port), *map(str, files)],
-            env=dcmtk_env(), capture_output=True, text=True, timeout=600,
+            [
+                dcmtk("storescu"),
+                "-aet",
+                aet,
+                "-aec",
+                self.suite.ae_title,
+                "-v",
+                "-R",
+                *options,
+                "127.0.0.1",
+                str(self.suite.dicom_port),
+                *map(str, files),
+            ],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
 
     def query(self, sql: str, *params: object) -> list[tuple]:
@@ -63,7 +92,10 @@ class Client:
     def queue_depth(self, queue: str = "ingestion.instance-received") -> int:
         out = subprocess.run(
             ["rabbitmqctl", "-q", "list_queues", "-p", self.suite.vhost, "name", "messages"],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
         for line in out.splitlines():
             parts = line.split()
@@ -74,7 +106,9 @@ class Client:
 
 def start_suite(tmp: Path) -> DevSuite:
     suite = DevSuite(tmp).start()
-    suite.edge("ae", "add", STORE_AE, "--host", "127.0.0.1", "--port", "11119", "--allow", "echo,store")
+    suite.edge(
+        "ae", "add", STORE_AE, "--host", "127.0.0.1", "--port", "11119", "--allow", "echo,store"
+    )
     return suite
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.filereader import read_preamble
 from pydicom.filereader import _read_file_meta_info as read_file_meta
+from pydicom.filereader import read_preamble
 
 from edge.common.dicom import is_valid_uid
 from edge.common.dimse import STORAGE_SOP_CLASSES
@@ -77,7 +77,9 @@ def valid_bundled_instances() -> list[Bundled]:
     return found
 
 
-def group_by_storescu_option(files: list[Bundled]) -> tuple[dict[str, list[Bundled]], list[Bundled]]:
+def group_by_storescu_option(
+    files: list[Bundled],
+) -> tuple[dict[str, list[Bundled]], list[Bundled]]:
     """Files storescu can send grouped by its -x option, and those it cannot propose."""
     groups: dict[str, list[Bundled]] = defaultdict(list)
     others = []

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
-from pydicom.filereader import read_file_meta_info
 
 from edge.common.dimse import NODELAY_HANDLER
 
 
-def send_raw(path: Path, *, port: int, calling: str = "STORESCU", called: str = "EDGE") -> int | None:
+def send_raw(
+    path: Path, *, port: int, calling: str = "STORESCU", called: str = "EDGE"
+) -> int | None:
     """C-STORE ``path``; return the response status, or None without an association/response."""
     _config.STORE_SEND_CHUNKED_DATASET = True
     meta = read_file_meta_info(path)

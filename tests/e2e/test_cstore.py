@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.generate import generate_ct_study
-from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env, free_ports
+from edge.cli.devsuite import dcmtk, dcmtk_env, free_ports
 from tests.e2e.conftest import Client
 from tests.e2e.dicomfiles import (
     STORESCU_OPTION,
@@ -39,7 +39,9 @@ def reference_copies(
     (port,) = free_ports(1)
     scp = subprocess.Popen(
         [dcmtk("storescp"), "+B", "+xa", "+uf", "-od", str(out), "-aet", "REFERENCE", str(port)],
-        env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     unsendable: list[Path] = []
     try:
@@ -47,9 +49,19 @@ def reference_copies(
         for option, files in batches:
             for path in files:
                 sent = subprocess.run(
-                    [dcmtk("storescu"), "-aec", "REFERENCE", "-R", option,
-                     "127.0.0.1", str(port), str(path)],
-                    env=dcmtk_env(), capture_output=True, timeout=60,
+                    [
+                        dcmtk("storescu"),
+                        "-aec",
+                        "REFERENCE",
+                        "-R",
+                        option,
+                        "127.0.0.1",
+                        str(port),
+                        str(path),
+                    ],
+                    env=dcmtk_env(),
+                    capture_output=True,
+                    timeout=60,
                 )
                 if sent.returncode != 0:
                     unsendable.append(path)
@@ -95,8 +107,15 @@ def test_bundled_and_generated_instances_are_stored_byte_identical_once(
         assert result.returncode == 0, f"{option}: {result.stderr[-2000:]}"
     if by_pynetdicom:
         sent = client.suite.edge(
-            "send", *(str(b.path) for b in by_pynetdicom), "--ae", client.suite.ae_title,
-            "--port", str(client.suite.dicom_port), "--calling", "STORESCU", check=False,
+            "send",
+            *(str(b.path) for b in by_pynetdicom),
+            "--ae",
+            client.suite.ae_title,
+            "--port",
+            str(client.suite.dicom_port),
+            "--calling",
+            "STORESCU",
+            check=False,
         )
         assert sent.returncode == 0, sent.stdout + sent.stderr
     # The generated study over two associations at once.
@@ -129,11 +148,12 @@ def test_resending_a_study_changes_nothing(client: Client, tmp_path: Path) -> No
     while client.queue_depth() and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
-    assert client.query("SELECT sop_instance_uid, sha256, updated_at FROM instance ORDER BY 1") == snapshot
+    assert (
+        client.query("SELECT sop_instance_uid, sha256, updated_at FROM instance ORDER BY 1")
+        == snapshot
+    )
 
 
 def test_suite_options_cover_every_storescu_transfer_syntax() -> None:
     # Guards the table above: a transfer syntax added to the bundled files must be sendable.
     assert set(STORESCU_OPTION) >= {b.transfer_syntax for b in valid_bundled_instances()}
-
-

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from bench.generate import generate_ct_study
 from edge.common.dicom import Status
@@ -77,7 +77,9 @@ def test_uid_mismatch_between_command_and_data_set_is_refused_with_A900(
 
 
 @pytest.mark.usefixtures("unchanged")
-@pytest.mark.parametrize("bad_uid", ["../../etc/passwd", "1.2.840/../../x", "1.2.abc", "1." + "2" * 70])
+@pytest.mark.parametrize(
+    "bad_uid", ["../../etc/passwd", "1.2.840/../../x", "1.2.abc", "1." + "2" * 70]
+)
 def test_path_like_or_malformed_study_uid_is_refused_and_nothing_written(
     client: Client, tmp_path: Path, bad_uid: str
 ) -> None:
@@ -105,8 +107,12 @@ def test_wrong_called_ae_is_rejected(client: Client, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("unchanged")
-def test_registered_ae_calling_from_another_address_is_rejected(client: Client, tmp_path: Path) -> None:
-    client.suite.edge("ae", "add", "ELSEWHERE", "--host", "192.0.2.10", "--port", "104", "--allow", "store")
+def test_registered_ae_calling_from_another_address_is_rejected(
+    client: Client, tmp_path: Path
+) -> None:
+    client.suite.edge(
+        "ae", "add", "ELSEWHERE", "--host", "192.0.2.10", "--port", "104", "--allow", "store"
+    )
     result = client.storescu([one_instance(tmp_path, "elsewhere")], "-xe", aet="ELSEWHERE")
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stderr
@@ -114,13 +120,17 @@ def test_registered_ae_calling_from_another_address_is_rejected(client: Client, 
 
 @pytest.mark.usefixtures("unchanged")
 def test_ae_without_store_permission_is_refused_with_0124(client: Client, tmp_path: Path) -> None:
-    client.suite.edge("ae", "add", "ECHOONLY", "--host", "127.0.0.1", "--port", "104", "--allow", "echo")
+    client.suite.edge(
+        "ae", "add", "ECHOONLY", "--host", "127.0.0.1", "--port", "104", "--allow", "echo"
+    )
     path = one_instance(tmp_path, "echoonly")
     assert send_raw(path, port=client.suite.dicom_port, calling="ECHOONLY") == Status.NOT_AUTHORIZED
 
 
 def test_removing_an_ae_takes_effect_at_once(client: Client, tmp_path: Path) -> None:
-    client.suite.edge("ae", "add", "SHORTLIVED", "--host", "127.0.0.1", "--port", "104", "--allow", "echo,store")
+    client.suite.edge(
+        "ae", "add", "SHORTLIVED", "--host", "127.0.0.1", "--port", "104", "--allow", "echo,store"
+    )
     assert client.dcmtk("echoscu", aet="SHORTLIVED").returncode == 0
     client.suite.edge("ae", "remove", "SHORTLIVED")
     # ae.changed drops the listener's cached admission; no waiting for its TTL.

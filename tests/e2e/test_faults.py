@@ -60,7 +60,10 @@ def test_broker_unreachable_answers_A700(faulty: Client, tmp_path: Path) -> None
     # Deleting the suite's virtual host closes its connections and refuses reconnection: to
     # these services the broker is gone, while other suites on the same broker carry on.
     subprocess.run(
-        ["rabbitmqctl", "delete_vhost", faulty.suite.vhost], check=True, capture_output=True, timeout=60
+        ["rabbitmqctl", "delete_vhost", faulty.suite.vhost],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     time.sleep(0.5)
     assert send_raw(lost, port=faulty.suite.dicom_port) == Status.OUT_OF_RESOURCES

@@ -25,10 +25,16 @@ UID = "1.2.826.0.1.3680043.8.498.1"
 
 def received(n: int = 1) -> InstanceReceived:
     return InstanceReceived(
-        study_uid=UID, series_uid=f"{UID}.1", sop_instance_uid=f"{UID}.1.{n}",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-        object_key=f"studies/{UID}/series/{UID}.1/instances/{UID}.1.{n}.dcm", size=10,
-        sha256="0" * 64, calling_ae="MODALITY", called_ae="EDGE",
+        study_uid=UID,
+        series_uid=f"{UID}.1",
+        sop_instance_uid=f"{UID}.1.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        object_key=f"studies/{UID}/series/{UID}.1/instances/{UID}.1.{n}.dcm",
+        size=10,
+        sha256="0" * 64,
+        calling_ae="MODALITY",
+        called_ae="EDGE",
     )
 
 
@@ -134,7 +140,9 @@ async def test_transient_error_is_retried_without_using_the_delivery_limit(amqp_
         await bus.publish(received(9))
         from edge.common.bus import RetryPolicy
 
-        consumer = await bus.consume(spec, handler, retry=RetryPolicy(first_delay=0.01, max_delay=0.02))
+        consumer = await bus.consume(
+            spec, handler, retry=RetryPolicy(first_delay=0.01, max_delay=0.02)
+        )
         for _ in range(200):
             if len(attempts) >= spec.delivery_limit + 3:
                 break

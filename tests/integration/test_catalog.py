@@ -15,6 +15,11 @@ from typing import Any
 import psycopg
 import pydicom.data
 import pytest
+from psycopg.conninfo import make_conninfo
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
 from edge.common.catalog import (
     CatalogUnavailable,
     InstanceRecord,
@@ -27,11 +32,6 @@ from edge.common.catalog import (
     record_from_dataset,
 )
 from edge.common.dicom import instance_key
-from psycopg.conninfo import make_conninfo
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
 from tests.fixtures.pg import SERVER_URL, drop_database, new_database_url
 
 # pydicom's bundled test files, read from the installed package: get_testdata_files() would also

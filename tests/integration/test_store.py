@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edge.common.settings import CommonSettings
 from edge.common.store import (
     ChecksumMismatch,
@@ -18,7 +19,6 @@ from edge.common.store import (
     ObjectStoreError,
     sha256_file,
 )
-
 from tests.fixtures.s3 import S3Endpoint, start_seaweed, unique_bucket
 
 KEY = "studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5.dcm"

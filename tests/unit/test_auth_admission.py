@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import pytest
+
 from edge.auth.handlers import Admission, address_matches, admit
 from edge.auth.registry import RemoteAE
 from edge.listener.admission import AdmissionCache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from edge.common.dicom import (
     MAX_UID_LENGTH,
     InvalidUID,

@@ -8,13 +8,14 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicomfiles import add_pixels, bundled, make_dataset, pixel_data_offset, write_part10
+from pydicom.dataset import Dataset
+
 from edge.common.bus import BadMessage, TransientError
 from edge.common.catalog import InMemoryCatalog, UpsertOutcome
 from edge.common.dicom import instance_key
 from edge.common.events import InstanceReceived
 from edge.common.store import InMemoryObjectStore, ObjectStoreError
 from edge.ingestion.handlers import FIRST_READ, IngestionDeps, on_instance_received, read_header
-from pydicom.dataset import Dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -19,6 +19,7 @@ from dicomfiles import (
     pixel_data_offset,
     write_part10,
 )
+
 from edge.common.dicom import DEFLATED_EXPLICIT_LITTLE
 from edge.common.part10 import IncompleteDataset, check_complete, header_length
 

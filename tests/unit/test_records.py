@@ -7,6 +7,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
 from edge.common.catalog import (
     InMemoryCatalog,
     UnusableInstance,
@@ -14,10 +19,6 @@ from edge.common.catalog import (
     normalise_person_name,
     record_from_dataset,
 )
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

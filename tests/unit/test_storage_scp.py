@@ -9,12 +9,13 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicomfiles import add_pixels, bundled, make_dataset, pixel_data_offset, write_part10
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage, generate_uid
+
 from edge.common.dicom import Status
 from edge.common.events import InstanceReceived
 from edge.common.store import InMemoryObjectStore, ObjectStoreError
 from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
-from pydicom.dataset import Dataset
-from pydicom.uid import MRImageStorage, generate_uid
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

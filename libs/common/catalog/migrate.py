@@ -11,9 +11,10 @@ import re
 from importlib import resources
 
 import psycopg
-from edge.common.catalog.ports import CatalogUnavailable
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from edge.common.catalog.ports import CatalogUnavailable
 
 _MIGRATION_RE = re.compile(r"^(\d{4}_[A-Za-z0-9_]+)\.sql$")
 # pg_advisory_lock key serialising migrators; advisory locks are per database, so this only

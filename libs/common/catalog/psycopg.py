@@ -20,11 +20,12 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from edge.common.catalog.ports import CatalogUnavailable, UpsertOutcome
-from edge.common.catalog.records import InstanceRecord
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+
+from edge.common.catalog.ports import CatalogUnavailable, UpsertOutcome
+from edge.common.catalog.records import InstanceRecord
 
 # Each statement below runs in its own snapshot (READ COMMITTED), so a parent row that a
 # concurrent worker committed while we waited on its conflict is visible to the next statement's

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from edge.common.catalog.dicomjson import clean_text, header_json
-from edge.common.dicom import InvalidUID, validate_uid
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+
+from edge.common.catalog.dicomjson import clean_text, header_json
+from edge.common.dicom import InvalidUID, validate_uid
 
 _INT32_MAX = 2**31 - 1
 # PS3.5 6.2 DA is YYYYMMDD; ACR-NEMA's YYYY.MM.DD still turns up in old archives.

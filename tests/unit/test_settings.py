@@ -1,0 +1,22 @@
+"""Settings refuse placeholder secrets outside the dev environment."""
+
+import pytest
+from pydantic import ValidationError
+
+from edge.common.settings import CommonSettings
+
+
+@pytest.mark.parametrize(
+    "secret", ["edge-dev-secret-change-me", "CHANGE_ME", "prefix-Change-Me", ""]
+)
+def test_placeholder_s3_secret_is_refused_in_production(secret: str) -> None:
+    with pytest.raises(ValidationError, match="placeholder"):
+        CommonSettings(environment="production", s3_secret_key=secret)
+
+
+def test_real_secret_is_accepted_in_production_and_placeholder_in_dev() -> None:
+    assert (
+        CommonSettings(environment="production", s3_secret_key="x9-long-random").environment
+        == "production"
+    )
+    assert CommonSettings(environment="dev").s3_secret_key.get_secret_value().endswith("change-me")
