@@ -191,7 +191,10 @@ class SeaweedServer:
             "-master.telemetry=false",
             # The default 30 GB volumes preallocate too much for a laptop or a CI runner.
             "-master.volumeSizeLimitMB=256",
-            "-volume.max=50",
+            # Every bucket is a SeaweedFS collection that grows its own volumes (7 at its first
+            # write), so a cap of 50 ran out after seven buckets (tests use one per test).
+            # Volumes are not preallocated: an unused allowance costs nothing.
+            "-volume.max=1000",
         ]
 
     def _identities_path(self) -> Path:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 import certifi
 import urllib3
 from minio import Minio
+from minio import time as minio_time
 from minio.error import MinioException, S3Error
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class ObjectStore(Protocol):
         key: str,
         path: Path,
         *,
-        sha256: str,
+        sha256: str | None = None,
         content_type: str = "application/dicom",
         metadata: Mapping[str, str] | None = None,
     ) -> StoredObject: ...
@@ -138,28 +139,44 @@ class _HashingReader:
         return data
 
 
+# S3 "flexible checksum" header: the server refuses the body unless its SHA-256 matches.
+CHECKSUM_SHA256_HEADER = "x-amz-checksum-sha256"
+
+
 def _strip_etag(etag: str | None) -> str | None:
     return etag.strip('"') if etag else None
 
 
 class _VerifiedMinio(Minio):
-    """The minio client, plus a ``Content-MD5`` on every request that has a body.
+    """The minio client with every request body checked by the server, and hashed only once.
 
     ``Minio._build_headers`` (``minio/api.py``, 7.2) signs the body's real SHA-256 as
-    ``x-amz-content-sha256`` over plain HTTP, and over HTTPS sends ``UNSIGNED-PAYLOAD`` with a
-    ``Content-MD5`` instead. SeaweedFS 4.x does not check ``x-amz-content-sha256`` against the body
-    (a body altered after signing is stored), but does refuse a wrong ``Content-MD5`` (BadDigest).
-    Adding the MD5 here, before signing, makes every S3 server we target verify every part; it is
-    part of the signed headers, so it cannot be swapped in transit either.
+    ``x-amz-content-sha256`` over plain HTTP. SeaweedFS 4.x does not check that value against the
+    body (a body altered after signing is stored), but does refuse a wrong ``Content-MD5`` or
+    ``x-amz-checksum-sha256`` (BadDigest), as AWS S3 and MinIO do. So every body carries one of
+    those two (the SHA-256 when the caller already knows it, else an MD5), as a signed header
+    that cannot be swapped in transit, and the payload itself is sent ``UNSIGNED-PAYLOAD``:
+    hashing it again for the signature would check nothing more.
     """
 
     def _build_headers(  # type: ignore[no-untyped-def]
         self, host, headers=None, body=None, creds=None
     ):
-        if body and not (headers or {}).get("Content-MD5"):
+        headers = dict(headers or {})
+        if body and not (headers.get("Content-MD5") or headers.get(CHECKSUM_SHA256_HEADER)):
             digest = hashlib.md5(body, usedforsecurity=False).digest()
-            headers = {**(headers or {}), "Content-MD5": base64.b64encode(digest).decode()}
-        return super()._build_headers(host, headers, body, creds)
+            headers["Content-MD5"] = base64.b64encode(digest).decode()
+        headers["Host"] = host
+        headers["User-Agent"] = self._user_agent
+        if body:
+            headers["Content-Length"] = str(len(body))
+        if creds:
+            headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+            if creds.session_token:
+                headers["X-Amz-Security-Token"] = creds.session_token
+        date = minio_time.utcnow()
+        headers["x-amz-date"] = minio_time.to_amz_date(date)
+        return headers, date
 
 
 class MinioObjectStore:
@@ -259,13 +276,27 @@ class MinioObjectStore:
         key: str,
         path: Path,
         *,
-        sha256: str,
+        sha256: str | None = None,
         content_type: str = "application/dicom",
         metadata: Mapping[str, str] | None = None,
     ) -> StoredObject:
-        """Stream a file up; above ``part_size`` as a multipart upload, one part in memory."""
+        """Store a file; above ``part_size`` as a multipart upload, one part in memory.
+
+        A file of one part is read once and hashed once; that SHA-256 goes to the server as
+        the request's checksum. ``sha256``, when given, must match (else ChecksumMismatch).
+        """
         validate_key(key)
         size = path.stat().st_size
+        if size <= self.part_size:
+            return self.put_bytes(
+                key,
+                path.read_bytes(),
+                sha256=sha256,
+                content_type=content_type,
+                metadata=metadata,
+            )
+        if sha256 is None:
+            sha256 = sha256_file(path)
         with open(path, "rb") as f:
             reader = _HashingReader(f)
             with self._errors("put", key):
@@ -297,9 +328,14 @@ class MinioObjectStore:
     ) -> StoredObject:
         """Store bytes already in memory; ``sha256`` is computed when not given."""
         validate_key(key)
-        actual = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).digest()
+        actual = digest.hex()
         if sha256 is not None and sha256 != actual:
             raise ChecksumMismatch(f"data for {key} does not match sha256 {sha256}")
+        headers = self._metadata(actual, metadata)
+        if len(data) <= self.part_size:
+            # One request: the server checks the body against the SHA-256 we already have.
+            headers[CHECKSUM_SHA256_HEADER] = base64.b64encode(digest).decode()
         with self._errors("put", key):
             result = self._client.put_object(
                 self.bucket,
@@ -307,7 +343,7 @@ class MinioObjectStore:
                 cast(BinaryIO, _BytesReader(data)),
                 len(data),
                 content_type=content_type,
-                metadata=self._metadata(actual, metadata),
+                metadata=headers,
                 part_size=self.part_size,
                 num_parallel_uploads=1,
             )
@@ -479,13 +515,13 @@ class InMemoryObjectStore:
         key: str,
         path: Path,
         *,
-        sha256: str,
+        sha256: str | None = None,
         content_type: str = "application/dicom",
         metadata: Mapping[str, str] | None = None,
     ) -> StoredObject:
         validate_key(key)
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise ChecksumMismatch(f"{path} does not match sha256 {sha256}")
         return self.put_bytes(
             key, data, sha256=sha256, content_type=content_type, metadata=metadata

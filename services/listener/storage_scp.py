@@ -19,7 +19,7 @@ from pydicom.errors import InvalidDicomError
 from edge.common.dicom import InvalidUID, Status, instance_key, validate_uid
 from edge.common.events import InstanceReceived
 from edge.common.part10 import IncompleteDataset, check_complete
-from edge.common.store import ObjectStore, ObjectStoreError, sha256_file
+from edge.common.store import ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ def store_instance(
         return StoreResult(Status.DATASET_DOES_NOT_MATCH, "SOP Class UID differs from the command")
 
     try:
-        sha256 = sha256_file(request.path)
-        store.put_file(key, request.path, sha256=sha256)
+        # The store hashes the file as it reads it and has the server verify that checksum.
+        stored = store.put_file(key, request.path)
+        if not stored.sha256:
+            raise ObjectStoreError(f"no checksum recorded for {key}")
     except ObjectStoreError as exc:
         log.error("S3 put failed for %s: %s", uids["SOPInstanceUID"], exc)
         return StoreResult(Status.OUT_OF_RESOURCES, "object store unavailable")
@@ -107,7 +109,7 @@ def store_instance(
         transfer_syntax_uid=transfer_syntax,
         object_key=key,
         size=size,
-        sha256=sha256,
+        sha256=stored.sha256,
         calling_ae=request.calling_ae,
         called_ae=request.called_ae,
     )
