@@ -19,7 +19,12 @@ def test_edge_send_stores_a_folder_and_summarises_statuses(client: Client, tmp_p
     suite = client.suite
 
     result = suite.edge(
-        "send", str(tmp_path / "study"), "--port", str(suite.dicom_port), "--calling", "STORESCU",
+        "send",
+        str(tmp_path / "study"),
+        "--port",
+        str(suite.dicom_port),
+        "--calling",
+        "STORESCU",
         check=False,
     )
 
@@ -29,11 +34,18 @@ def test_edge_send_stores_a_folder_and_summarises_statuses(client: Client, tmp_p
     assert client.wait_for_instances(expected) == expected
 
 
-def test_edge_send_exits_non_zero_when_instances_are_refused(client: Client, tmp_path: Path) -> None:
+def test_edge_send_exits_non_zero_when_instances_are_refused(
+    client: Client, tmp_path: Path
+) -> None:
     files = generate_ct_study(tmp_path / "refused", series=1, per_series=2, rows=16, cols=16)
     suite = client.suite
     result = suite.edge(
-        "send", *map(str, files), "--port", str(suite.dicom_port), "--calling", "UNKNOWN",
+        "send",
+        *map(str, files),
+        "--port",
+        str(suite.dicom_port),
+        "--calling",
+        "UNKNOWN",
         check=False,
     )
     assert result.returncode == 1
@@ -44,7 +56,9 @@ def test_edge_echo_succeeds_for_a_registered_ae_and_fails_otherwise(client: Clie
     suite = client.suite
     ok = suite.edge("echo", "--port", str(suite.dicom_port), "--calling", "STORESCU", check=False)
     assert ok.returncode == 0 and "success" in ok.stdout
-    refused = suite.edge("echo", "--port", str(suite.dicom_port), "--calling", "NOBODY", check=False)
+    refused = suite.edge(
+        "echo", "--port", str(suite.dicom_port), "--calling", "NOBODY", check=False
+    )
     assert refused.returncode == 1 and "rejected" in refused.stdout
 
 
@@ -56,6 +70,7 @@ def test_edge_migrate_is_idempotent(client: Client) -> None:
 def test_edge_ae_list_shows_registered_nodes_and_refuses_bad_titles(client: Client) -> None:
     listing = client.suite.edge("ae", "list")
     assert "STORESCU" in listing.stdout and "echo,store" in listing.stdout
-    bad = client.suite.edge("ae", "add", "WAY-TOO-LONG-AE-TITLE", "--host", "127.0.0.1",
-                            "--port", "104", check=False)
+    bad = client.suite.edge(
+        "ae", "add", "WAY-TOO-LONG-AE-TITLE", "--host", "127.0.0.1", "--port", "104", check=False
+    )
     assert bad.returncode == 2 and "1-16" in bad.stdout

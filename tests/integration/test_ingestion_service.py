@@ -19,7 +19,6 @@ from edge.common.store import MinioObjectStore, sha256_file
 from edge.ingestion.bootstrap import IngestionService
 from edge.ingestion.settings import IngestionSettings
 
-
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -33,10 +32,16 @@ def announce(store: MinioObjectStore, path: Path) -> InstanceReceived:
     sha256 = sha256_file(path)
     store.put_file(key, path, sha256=sha256)
     return InstanceReceived(
-        study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID,
-        sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=CT_SOP_CLASS,
-        transfer_syntax_uid=EXPLICIT_LE, object_key=key, size=path.stat().st_size,
-        sha256=sha256, calling_ae="MODALITY", called_ae="EDGE",
+        study_uid=ds.StudyInstanceUID,
+        series_uid=ds.SeriesInstanceUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        sop_class_uid=CT_SOP_CLASS,
+        transfer_syntax_uid=EXPLICIT_LE,
+        object_key=key,
+        size=path.stat().st_size,
+        sha256=sha256,
+        calling_ae="MODALITY",
+        called_ae="EDGE",
     )
 
 
@@ -62,10 +67,15 @@ async def running(amqp_url: str, database_url: str, object_store: MinioObjectSto
 
 
 async def test_unusable_object_is_dead_lettered_with_reason_and_the_queue_keeps_flowing(
-    running, object_store: MinioObjectStore, tmp_path: Path, amqp_url: str  # type: ignore[no-untyped-def]
+    running,
+    object_store: MinioObjectStore,
+    tmp_path: Path,
+    amqp_url: str,  # type: ignore[no-untyped-def]
 ) -> None:
     service, bus, catalog = running
-    good_before, bad, good_after = generate_ct_study(tmp_path, series=1, per_series=3, rows=16, cols=16)
+    good_before, bad, good_after = generate_ct_study(
+        tmp_path, series=1, per_series=3, rows=16, cols=16
+    )
     events = [announce(object_store, p) for p in (good_before, bad, good_after)]
     junk = b"this is not DICOM at all" * 100
     object_store.put_bytes(events[1].object_key, junk)
@@ -101,7 +111,9 @@ async def test_unusable_object_is_dead_lettered_with_reason_and_the_queue_keeps_
 
 
 async def test_redelivered_event_is_acked_without_a_second_row(
-    running, object_store: MinioObjectStore, tmp_path: Path  # type: ignore[no-untyped-def]
+    running,
+    object_store: MinioObjectStore,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     service, bus, catalog = running
     [path] = generate_ct_study(tmp_path, series=1, per_series=1, rows=16, cols=16, seed=3)
@@ -116,5 +128,3 @@ async def test_redelivered_event_is_acked_without_a_second_row(
     await wait_until(indexed)
     await asyncio.sleep(0.5)
     assert await catalog.count_instances() == before + 1
-
-
