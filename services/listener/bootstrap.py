@@ -6,6 +6,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.routing import BaseRoute
@@ -40,6 +41,7 @@ class ListenerService:
         self._rpc: RpcClient | None = None
         self._cache: AdmissionCache | None = None
         self._server: Any = None
+        self._uploads: ThreadPoolExecutor | None = None
         self._ae: Any = None
 
     # -- blocking bridges, called from pynetdicom's association threads -------------------------
@@ -99,11 +101,15 @@ class ListenerService:
         await queue.bind(await channel.get_exchange(EXCHANGE), routing_key=AeChanged.name)
         await queue.consume(self._on_ae_changed, no_ack=True)
 
+        # One upload thread per association we may hold, so a hung object store costs the
+        # peers their deadline, never a thread pool that has run dry.
+        self._uploads = ThreadPoolExecutor(s.max_associations, thread_name_prefix="s3-put")
         deps = StoreDeps(
             store=self.store,
             publish=self._publish,
             max_size=s.max_instance_size,
             deadline=s.store_deadline,
+            uploads=self._uploads,
         )
         self._ae = build_ae(
             ae_title=s.ae_title,
@@ -131,6 +137,8 @@ class ListenerService:
                 await asyncio.sleep(0.1)
             for assoc in server.active_associations:
                 assoc.abort()
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=False, cancel_futures=True)
         if self._rpc is not None:
             await self._rpc.stop()
         if self.bus is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +28,7 @@ from edge.common.dimse import (
     prefer_requested_order,
     set_nodelay,
 )
-from edge.listener.storage_scp import StoreRequest, store_instance
+from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class StoreDeps:
     publish: Any
     max_size: int
     deadline: float
+    uploads: Executor | None = None
 
 
 def on_conn_open(event: evt.Event, admit: Admit, ae_title: str) -> None:
@@ -125,13 +127,18 @@ def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
             called_ae=str(event.assoc.acceptor.ae_title).strip(),
             permissions=getattr(event.assoc, "edge_permissions", frozenset()),
         )
-        result = store_instance(
-            request,
-            store=deps.store,
-            publish=deps.publish,
-            max_size=deps.max_size,
-            deadline=deps.deadline,
-        )
+        try:
+            result = store_instance(
+                request,
+                store=deps.store,
+                publish=deps.publish,
+                max_size=deps.max_size,
+                deadline=deps.deadline,
+                uploads=deps.uploads,
+            )
+        except Exception:  # a bug of ours: say so plainly rather than pynetdicom's 0xC211
+            log.exception("C-STORE handler failed for %s", request.sop_instance_uid)
+            result = StoreResult(Status.PROCESSING_FAILURE, "internal error")
     C_STORE_STATUS.labels(f"0x{result.status:04X}").inc()
     if result.status == Status.SUCCESS:
         C_STORE_BYTES.observe(result.size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from edge.common.dicom import InvalidUID, Status, instance_key, validate_uid
 from edge.common.events import InstanceReceived
 from edge.common.part10 import IncompleteDataset, check_complete
-from edge.common.store import ObjectStore, ObjectStoreError
+from edge.common.store import ObjectStore, ObjectStoreError, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ class StoreResult:
     size: int = 0
 
 
+def _put(
+    store: ObjectStore, key: str, path: Path, timeout: float, uploads: Executor | None
+) -> StoredObject:
+    if uploads is None:
+        return store.put_file(key, path)
+    if timeout <= 0:
+        raise TimeoutError
+    return uploads.submit(store.put_file, key, path).result(timeout)
+
+
 def store_instance(
     request: StoreRequest,
     *,
@@ -56,8 +67,14 @@ def store_instance(
     publish: Publish,
     max_size: int,
     deadline: float,
+    uploads: Executor | None = None,
 ) -> StoreResult:
-    """Decide the C-STORE response status, storing and announcing the instance on success."""
+    """Decide the C-STORE response status, storing and announcing the instance on success.
+
+    ``deadline`` (seconds) bounds the S3 put and the confirmed publish together. With
+    ``uploads``, the put runs on that executor so that a hung object store cannot hold the
+    answer past the deadline; without it the put is bounded only by the store's own timeouts.
+    """
     started = time.monotonic()
     if "store" not in request.permissions:
         return StoreResult(Status.NOT_AUTHORIZED, f"{request.calling_ae} may not store")
@@ -92,12 +109,16 @@ def store_instance(
 
     try:
         # The store hashes the file as it reads it and has the server verify that checksum.
-        stored = store.put_file(key, request.path)
+        stored = _put(store, key, request.path, deadline - (time.monotonic() - started), uploads)
         if not stored.sha256:
             raise ObjectStoreError(f"no checksum recorded for {key}")
     except ObjectStoreError as exc:
         log.error("S3 put failed for %s: %s", uids["SOPInstanceUID"], exc)
         return StoreResult(Status.OUT_OF_RESOURCES, "object store unavailable")
+    except TimeoutError:
+        # The upload may still land; unannounced, it is the storage scrub's to find.
+        log.error("S3 put for %s exceeded the store deadline", uids["SOPInstanceUID"])
+        return StoreResult(Status.OUT_OF_RESOURCES, "object store too slow")
     remaining = deadline - (time.monotonic() - started)
     if remaining <= 0:
         return StoreResult(Status.OUT_OF_RESOURCES, "object store too slow")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -337,3 +339,47 @@ def test_bundled_file_in_other_transfer_syntax_is_accepted_byte_for_byte(
     assert result.event.transfer_syntax_uid == ts
     assert store.objects[result.event.object_key].data == path.read_bytes()
     assert len(publish.events) == 1
+
+
+class HungStore(InMemoryObjectStore):
+    """An object store that takes the upload and does not answer for seconds."""
+
+    def put_file(self, key, path, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(3)
+        return super().put_file(key, path, **kwargs)
+
+
+def test_hung_object_store_is_answered_A700_within_the_deadline(tmp_path: Path) -> None:
+    path = write_part10(tmp_path / "ct.dcm", add_pixels(make_dataset(), 8, 8))
+    publish = Publisher()
+    with ThreadPoolExecutor(1) as uploads:
+        started = time.monotonic()
+        result = store_instance(
+            request_for(path),
+            store=HungStore(),
+            publish=publish,
+            max_size=MAX_SIZE,
+            deadline=0.3,
+            uploads=uploads,
+        )
+        elapsed = time.monotonic() - started
+    assert result.status == Status.OUT_OF_RESOURCES
+    assert elapsed < 2.0  # the answer did not wait for the store
+    assert publish.events == []
+
+
+def test_upload_on_an_executor_within_the_deadline_succeeds(tmp_path: Path) -> None:
+    path = write_part10(tmp_path / "ct.dcm", add_pixels(make_dataset(), 8, 8))
+    publish = Publisher()
+    store = InMemoryObjectStore()
+    with ThreadPoolExecutor(1) as uploads:
+        result = store_instance(
+            request_for(path),
+            store=store,
+            publish=publish,
+            max_size=MAX_SIZE,
+            deadline=5.0,
+            uploads=uploads,
+        )
+    assert result.status == Status.SUCCESS
+    assert len(store.objects) == 1 and len(publish.events) == 1
