@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,21 +19,10 @@ from pathlib import Path
 
 import psycopg
 
+from edge.common.netutil import free_ports
+
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def dcmtk_env() -> dict[str, str]:

@@ -155,13 +155,17 @@ def run(*, dev: bool, data_dir: Path, console: Console) -> int:
             for child in children:
                 code = child.process.poll()
                 if code is not None and not stopping:
-                    # Crash-only services: restart with a backoff that grows with each crash.
+                    # Crash-only services: restart with a backoff that grows with each crash in
+                    # a row; a child that ran for a minute starts the count again.
+                    if time.monotonic() - child.started > 60:
+                        child.restarts = 0
                     delay = min(2**child.restarts, 30)
                     console.print(
                         f"[red]{child.service} exited with {code}; restart in {delay}s[/]"
                     )
                     time.sleep(delay)
                     child.process, child.restarts = spawn(child.service), child.restarts + 1
+                    child.started = time.monotonic()
             time.sleep(0.2)
     finally:
         for child in reversed(children):

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from edge.common.netutil import free_ports
 
 # Developer instance (`make run`). gRPC ports are pinned because SeaweedFS otherwise derives them
 # as port + 10000, which for the volume port (9340 -> 19340) is easy to collide with.
@@ -69,21 +70,8 @@ class SeaweedPorts:
 
     @classmethod
     def ephemeral(cls) -> SeaweedPorts:
-        """Eight distinct free ports on 127.0.0.1, for tests.
-
-        All sockets are held open until every port is chosen so the kernel cannot hand the same
-        port out twice; there is still a small window before ``weed`` binds them.
-        """
-        sockets: list[socket.socket] = []
-        try:
-            for _ in range(8):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.bind(("127.0.0.1", 0))
-                sockets.append(s)
-            ports = [s.getsockname()[1] for s in sockets]
-        finally:
-            for s in sockets:
-                s.close()
+        """Eight distinct free ports on 127.0.0.1, for tests (see ``netutil.free_ports``)."""
+        ports = free_ports(8)
         return cls(*ports)
 
 
@@ -141,7 +129,7 @@ class SeaweedServer:
 
     @staticmethod
     def free_ports() -> dict[str, int]:
-        """Keyword arguments with free ephemeral ports for every listener, for tests."""
+        """Keyword arguments with a free port for every listener, for tests."""
         p = SeaweedPorts.ephemeral()
         return {
             "s3_port": p.s3,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bench.generate import generate_ct_study
-from edge.cli.devsuite import dcmtk, dcmtk_env, free_ports
+from edge.cli.devsuite import dcmtk, dcmtk_env
+from edge.common.netutil import free_ports
 from tests.e2e.conftest import Client
 from tests.e2e.dicomfiles import (
     STORESCU_OPTION,
