@@ -49,6 +49,14 @@ async def declare_request_queue(channel: AbstractChannel, operation: str) -> Any
     )
 
 
+async def _close(channel: AbstractChannel | None, timeout: float) -> None:
+    if channel is not None and not channel.is_closed:
+        try:
+            await asyncio.wait_for(channel.close(), timeout)
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
+            log.warning("rpc channel did not close cleanly")
+
+
 def _int_header(value: object) -> int:
     try:
         return int(value)  # type: ignore[call-overload]
@@ -100,11 +108,7 @@ class RpcServer:
         return on_request
 
     async def stop(self, timeout: float = 5.0) -> None:
-        if self._channel is not None and not self._channel.is_closed:
-            try:
-                await asyncio.wait_for(self._channel.close(), timeout)
-            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
-                log.warning("rpc channel did not close cleanly")
+        await _close(self._channel, timeout)
 
 
 class RpcClient:
@@ -167,8 +171,4 @@ class RpcClient:
         return reply  # type: ignore[no-any-return]
 
     async def stop(self, timeout: float = 5.0) -> None:
-        if self._channel is not None and not self._channel.is_closed:
-            try:
-                await asyncio.wait_for(self._channel.close(), timeout)
-            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
-                log.warning("rpc channel did not close cleanly")
+        await _close(self._channel, timeout)

@@ -7,18 +7,23 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import uvicorn
+from aio_pika.abc import AbstractConnection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.common.store import ObjectStore
+from edge.common.telemetry import configure_telemetry
+
 log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[None]]
+S = TypeVar("S", bound="ServiceSettings")
 
 
 class Service(Protocol):
@@ -65,6 +70,41 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def broker_check(connection: Callable[[], AbstractConnection | None]) -> Check:
+    """Readiness of the broker connection that ``connection()`` returns (None: not started)."""
+
+    async def broker() -> None:
+        current = connection()
+        if current is None or current.is_closed:
+            raise ConnectionError("broker connection closed")
+
+    return broker
+
+
+def store_check(store: Callable[[], ObjectStore | None]) -> Check:
+    """Readiness of the object store (its bucket answers), off the event loop."""
+
+    async def s3() -> None:
+        current = store()
+        if current is None:
+            raise ConnectionError("object store not configured")
+        await asyncio.to_thread(current.ping)
+
+    return s3
+
+
+class ServiceSettings(Protocol):
+    http_host: str
+    http_port: int
+    log_level: str
+
+
+def run_service(name: str, settings: S, bootstrap: Callable[[S], Service]) -> None:
+    """``python -m edge.<name>``: logging, then the service and its HTTP server until SIGTERM."""
+    configure_telemetry(name, settings.log_level)
+    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
 
 
 async def serve(service: Service, http_host: str, http_port: int) -> None:

@@ -1,4 +1,6 @@
-"""The object store port (``ObjectStore``) and its adapters: S3 through the minio SDK, and memory.
+"""The object store port (``ObjectStore``) and its S3 adapter (the minio SDK).
+
+The in-memory fake for unit tests is ``edge.common.store_memory.InMemoryObjectStore``.
 
 The port is synchronous on purpose: pynetdicom calls handlers from its own threads, and async code
 reaches it through ``asyncio.to_thread``. Every infrastructure failure surfaces as
@@ -11,11 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 _KEY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _MAX_KEY_BYTES = 1024  # S3 limit on object key length
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
-_CHUNK = 1 << 20
+CHUNK = 1 << 20
 SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
 _Headers = dict[str, str | list[str] | tuple[str]]  # the SDK's metadata type
 
@@ -84,7 +85,7 @@ class ObjectStore(Protocol):
     ) -> StoredObject: ...
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
     def read_head(self, key: str, length: int) -> tuple[bytes, StoredObject]: ...
-    def iter_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]: ...
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]: ...
     def stat(self, key: str) -> StoredObject | None: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> Iterator[StoredObject]: ...
@@ -116,12 +117,12 @@ def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _check_range(offset: int, length: int) -> None:
+def check_range(offset: int, length: int) -> None:
     if offset < 0 or length < 0:
         raise ValueError(f"invalid range offset={offset} length={length}")
 
@@ -357,7 +358,7 @@ class MinioObjectStore:
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; fewer at the end of the object, b"" past it."""
         validate_key(key)
-        _check_range(offset, length)
+        check_range(offset, length)
         if length == 0:
             return b""  # the SDK reads length=0 as "to the end"
         with self._errors("get", key):
@@ -382,7 +383,7 @@ class MinioObjectStore:
         (``Content-Range``) and the user metadata.
         """
         validate_key(key)
-        _check_range(1, length)
+        check_range(1, length)
         with self._errors("get", key):
             try:
                 response = self._client.get_object(self.bucket, key, offset=0, length=length)
@@ -406,7 +407,7 @@ class MinioObjectStore:
             last_modified=None,
         )
 
-    def iter_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         """Stream the whole object; the connection goes back to the pool when the loop ends."""
         validate_key(key)
         with self._errors("get", key):
@@ -471,127 +472,3 @@ class _BytesReader:
         chunk = self._view[self._pos : end]
         self._pos += len(chunk)
         return bytes(chunk)
-
-
-@dataclass(frozen=True)
-class MemoryObject:
-    data: bytes
-    content_type: str
-    metadata: Mapping[str, str]
-    last_modified: datetime
-
-
-@dataclass
-class InMemoryObjectStore:
-    """Dict-backed ``ObjectStore`` for unit tests of handlers.
-
-    Set ``fail_next`` to raise that exception from the next call, or ``broken = True`` to make
-    every call raise ``ObjectStoreError`` (as an unreachable server would).
-    """
-
-    objects: dict[str, MemoryObject] = field(default_factory=dict)
-    fail_next: Exception | None = None
-    broken: bool = False
-    bucket_created: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def _check(self) -> None:
-        with self._lock:
-            exc, self.fail_next = self.fail_next, None
-        if exc is not None:
-            raise exc
-        if self.broken:
-            raise ObjectStoreError("in-memory store is broken")
-
-    def ensure_bucket(self) -> None:
-        self._check()
-        self.bucket_created = True
-
-    def ping(self) -> None:
-        self._check()
-
-    def put_file(
-        self,
-        key: str,
-        path: Path,
-        *,
-        sha256: str | None = None,
-        content_type: str = "application/dicom",
-        metadata: Mapping[str, str] | None = None,
-    ) -> StoredObject:
-        validate_key(key)
-        data = path.read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ChecksumMismatch(f"{path} does not match sha256 {sha256}")
-        return self.put_bytes(
-            key, data, sha256=sha256, content_type=content_type, metadata=metadata
-        )
-
-    def put_bytes(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        sha256: str | None = None,
-        content_type: str = "application/dicom",
-        metadata: Mapping[str, str] | None = None,
-    ) -> StoredObject:
-        validate_key(key)
-        self._check()
-        actual = hashlib.sha256(data).hexdigest()
-        if sha256 is not None and sha256 != actual:
-            raise ChecksumMismatch(f"data for {key} does not match sha256 {sha256}")
-        meta = {**(metadata or {}), SHA256_METADATA: actual}
-        obj = MemoryObject(bytes(data), content_type, meta, datetime.now(UTC))
-        with self._lock:
-            self.objects[key] = obj
-        return self._described(key, obj)
-
-    @staticmethod
-    def _described(key: str, obj: MemoryObject) -> StoredObject:
-        etag = hashlib.md5(obj.data, usedforsecurity=False).hexdigest()
-        return StoredObject(
-            key, len(obj.data), obj.metadata[SHA256_METADATA], etag, obj.last_modified
-        )
-
-    def _get(self, key: str) -> MemoryObject:
-        validate_key(key)
-        self._check()
-        with self._lock:
-            obj = self.objects.get(key)
-        if obj is None:
-            raise ObjectNotFound(key)
-        return obj
-
-    def get_range(self, key: str, offset: int, length: int) -> bytes:
-        _check_range(offset, length)
-        return self._get(key).data[offset : offset + length]
-
-    def read_head(self, key: str, length: int) -> tuple[bytes, StoredObject]:
-        obj = self._get(key)
-        return obj.data[:length], self._described(key, obj)
-
-    def iter_chunks(self, key: str, chunk_size: int = _CHUNK) -> Iterator[bytes]:
-        data = self._get(key).data
-        for start in range(0, len(data), chunk_size):
-            yield data[start : start + chunk_size]
-
-    def stat(self, key: str) -> StoredObject | None:
-        try:
-            return self._described(key, self._get(key))
-        except ObjectNotFound:
-            return None
-
-    def delete(self, key: str) -> None:
-        validate_key(key)
-        self._check()
-        with self._lock:
-            self.objects.pop(key, None)
-
-    def list(self, prefix: str) -> Iterator[StoredObject]:
-        validate_prefix(prefix)
-        self._check()
-        with self._lock:
-            items = sorted((k, o) for k, o in self.objects.items() if k.startswith(prefix))
-        for key, obj in items:
-            yield StoredObject(key, len(obj.data), None, None, obj.last_modified)

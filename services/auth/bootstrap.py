@@ -11,7 +11,7 @@ from edge.auth import handlers
 from edge.auth.registry import PsycopgAERegistry
 from edge.auth.settings import AuthSettings
 from edge.common.rpc import RpcServer
-from edge.common.runtime import Check
+from edge.common.runtime import Check, broker_check
 
 
 class AuthService:
@@ -42,11 +42,7 @@ class AuthService:
             await self._connection.close()
 
     def readiness_checks(self) -> dict[str, Check]:
-        async def broker() -> None:
-            if self._connection is None or self._connection.is_closed:
-                raise ConnectionError("broker connection closed")
-
-        return {"database": self.registry.ping, "broker": broker}
+        return {"database": self.registry.ping, "broker": broker_check(lambda: self._connection)}
 
     def routes(self) -> list[BaseRoute]:
         return []

@@ -1,15 +1,10 @@
-import asyncio
-
-from edge.common.runtime import serve
-from edge.common.telemetry import configure_telemetry
+from edge.common.runtime import run_service
 from edge.ingestion.bootstrap import bootstrap
 from edge.ingestion.settings import IngestionSettings
 
 
 def main() -> None:
-    settings = IngestionSettings()
-    configure_telemetry("ingestion", settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
+    run_service("ingestion", IngestionSettings(), bootstrap)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.routing import BaseRoute
 
 from edge.common.bus import INGESTION_INSTANCE_RECEIVED, AioPikaBus, Consumer
 from edge.common.catalog import Catalog, PsycopgCatalog
-from edge.common.runtime import Check
+from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
 from edge.ingestion.consumers import dispatcher
 from edge.ingestion.handlers import IngestionDeps
@@ -56,20 +55,15 @@ class IngestionService:
             await self.catalog.close()
 
     def readiness_checks(self) -> dict[str, Check]:
-        async def broker() -> None:
-            if self.bus is None or self.bus.connection.is_closed:
-                raise ConnectionError("broker connection closed")
-
         async def database() -> None:
-            assert self.catalog is not None
-            if not await self.catalog.ping():
+            if self.catalog is None or not await self.catalog.ping():
                 raise ConnectionError("catalog database unreachable")
 
-        async def object_store() -> None:
-            assert self.store is not None
-            await asyncio.to_thread(self.store.ping)
-
-        return {"broker": broker, "database": database, "s3": object_store}
+        return {
+            "broker": broker_check(lambda: self.bus.connection if self.bus else None),
+            "database": database,
+            "s3": store_check(lambda: self.store),
+        }
 
     def routes(self) -> list[BaseRoute]:
         return []

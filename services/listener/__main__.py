@@ -1,15 +1,10 @@
-import asyncio
-
-from edge.common.runtime import serve
-from edge.common.telemetry import configure_telemetry
+from edge.common.runtime import run_service
 from edge.listener.bootstrap import bootstrap
 from edge.listener.settings import ListenerSettings
 
 
 def main() -> None:
-    settings = ListenerSettings()
-    configure_telemetry("listener", settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
+    run_service("listener", ListenerSettings(), bootstrap)
 
 
 if __name__ == "__main__":

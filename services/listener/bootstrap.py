@@ -15,7 +15,7 @@ from edge.auth.handlers import Admission
 from edge.common.bus import EXCHANGE, AioPikaBus
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
 from edge.common.rpc import RpcClient
-from edge.common.runtime import Check
+from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
 from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
@@ -145,15 +145,10 @@ class ListenerService:
             await self.bus.close()
 
     def readiness_checks(self) -> dict[str, Check]:
-        async def broker() -> None:
-            if self.bus is None or self.bus.connection.is_closed:
-                raise ConnectionError("broker connection closed")
-
-        async def object_store() -> None:
-            assert self.store is not None
-            await asyncio.to_thread(self.store.ping)
-
-        return {"broker": broker, "s3": object_store}
+        return {
+            "broker": broker_check(lambda: self.bus.connection if self.bus else None),
+            "s3": store_check(lambda: self.store),
+        }
 
     def routes(self) -> list[BaseRoute]:
         return []

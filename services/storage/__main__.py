@@ -1,15 +1,10 @@
-import asyncio
-
-from edge.common.runtime import serve
-from edge.common.telemetry import configure_telemetry
+from edge.common.runtime import run_service
 from edge.storage.bootstrap import bootstrap
 from edge.storage.settings import StorageSettings
 
 
 def main() -> None:
-    settings = StorageSettings()
-    configure_telemetry("storage", settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
+    run_service("storage", StorageSettings(), bootstrap)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
-from edge.common.runtime import Check
+from edge.common.runtime import Check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
 from edge.storage.settings import StorageSettings
 
@@ -30,11 +30,7 @@ class StorageService:
         return None
 
     def readiness_checks(self) -> dict[str, Check]:
-        async def object_store() -> None:
-            assert self.store is not None
-            await asyncio.to_thread(self.store.ping)
-
-        return {"s3": object_store}
+        return {"s3": store_check(lambda: self.store)}
 
     def routes(self) -> list[BaseRoute]:
         return []

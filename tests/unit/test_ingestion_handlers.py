@@ -14,7 +14,8 @@ from edge.common.bus import BadMessage, TransientError
 from edge.common.catalog import InMemoryCatalog, UpsertOutcome
 from edge.common.dicom import instance_key
 from edge.common.events import InstanceReceived
-from edge.common.store import InMemoryObjectStore, ObjectStoreError
+from edge.common.store import ObjectStoreError
+from edge.common.store_memory import InMemoryObjectStore
 from edge.ingestion.handlers import FIRST_READ, IngestionDeps, on_instance_received, read_header
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -16,7 +16,8 @@ from pydicom.uid import MRImageStorage, generate_uid
 
 from edge.common.dicom import Status
 from edge.common.events import InstanceReceived
-from edge.common.store import InMemoryObjectStore, ObjectStoreError
+from edge.common.store import ObjectStoreError
+from edge.common.store_memory import InMemoryObjectStore
 from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

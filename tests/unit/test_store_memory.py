@@ -9,13 +9,13 @@ import pytest
 
 from edge.common.store import (
     ChecksumMismatch,
-    InMemoryObjectStore,
     ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
     sha256_file,
     validate_key,
 )
+from edge.common.store_memory import InMemoryObjectStore
 
 KEY = "studies/1.2/series/1.2.3/instances/1.2.3.4.dcm"
 
