@@ -5,37 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from edge.auth.registry import RemoteAE
+from edge.common.admission import Admission
 
 
 class AERegistry(Protocol):
     async def get(self, ae_title: str) -> RemoteAE | None: ...
-
-
-@dataclass(frozen=True)
-class Admission:
-    allowed: bool
-    reason: str
-    permissions: frozenset[str] = frozenset()
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "allowed": self.allowed,
-            "reason": self.reason,
-            "permissions": sorted(self.permissions),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Admission:
-        perms = data.get("permissions") or []
-        return cls(
-            allowed=bool(data.get("allowed")),
-            reason=str(data.get("reason", "")),
-            permissions=frozenset(str(p) for p in perms),
-        )
 
 
 async def address_matches(address: str, hosts: tuple[str, ...]) -> bool:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from edge.auth.handlers import Admission
+from edge.common.admission import Admission
 
 AskAuth = Callable[[str, str], Awaitable[Admission]]
 

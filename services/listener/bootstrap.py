@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
-from edge.auth.handlers import Admission
+from edge.common.admission import Admission
 from edge.common.bus import EXCHANGE, AioPikaBus
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
 from edge.common.rpc import RpcClient

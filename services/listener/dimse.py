@@ -20,7 +20,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from edge.auth.handlers import Admission
+from edge.common.admission import Admission
 from edge.common.dicom import Status
 from edge.common.dimse import (
     STORAGE_SOP_CLASSES,

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from edge.auth.handlers import Admission, address_matches, admit
+from edge.auth.handlers import address_matches, admit
 from edge.auth.registry import RemoteAE
+from edge.common.admission import Admission
 from edge.listener.admission import AdmissionCache
 
 STORE_FIND = frozenset({"store", "find"})
