@@ -7,10 +7,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from dicomfiles import make_dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from edge.common.catalog import (
     InMemoryCatalog,
@@ -23,20 +24,6 @@ from edge.common.catalog import (
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-def make_dataset(**attrs: Any) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.PatientID = "P-1"
-    ds.PatientName = "Doe^John"
-    ds.Modality = "CT"
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def set_raw(ds: Dataset, keyword: str, vr: str, value: bytes) -> None:
