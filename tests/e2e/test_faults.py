@@ -68,3 +68,19 @@ def test_broker_unreachable_answers_A700(faulty: Client, tmp_path: Path) -> None
     time.sleep(0.5)
     assert send_raw(lost, port=faulty.suite.dicom_port) == Status.OUT_OF_RESOURCES
     assert faulty.instance_count() == 1
+
+
+def test_sigterm_stops_every_service_and_the_s3_server(tmp_path: Path) -> None:
+    suite = start_suite(tmp_path / "suite")
+    try:
+        assert suite.process is not None
+        children = psutil.Process(suite.process.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        for service in ("edge.listener", "edge.ingestion", "edge.storage", "edge.auth", "weed"):
+            assert service in names
+        suite.process.send_signal(signal.SIGTERM)
+        assert suite.process.wait(60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+    finally:
+        suite.stop()
