@@ -12,7 +12,7 @@ import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 
 from edge.common.dicom import DEFLATED_TRANSFER_SYNTAXES
 
@@ -49,6 +49,7 @@ class _Walker:
     def __init__(self, fp: BinaryIO, size: int, *, implicit: bool, little: bool) -> None:
         self.fp, self.size, self.implicit = fp, size, implicit
         self.endian = "<" if little else ">"
+        self.pixel_data = False  # a top-level (7FE0,0008/0009/0010) element was seen
 
     def read(self, n: int) -> bytes:
         data = self.fp.read(n)
@@ -93,8 +94,10 @@ class _Walker:
                 return self.size
             start = self.fp.tell()
             tag, vr, length = self.tag_and_length()
-            if stop_at_pixels and tag in PIXEL_TAGS:
-                return start
+            if tag in PIXEL_TAGS and depth == 0:
+                self.pixel_data = True
+                if stop_at_pixels:
+                    return start
             if tag == ITEM_END:
                 if until_item_end:
                     return self.fp.tell()
@@ -121,13 +124,26 @@ class _Walker:
                 self.skip(length)
 
 
-def check_complete(path: Path) -> str:
+class Part10Info(NamedTuple):
+    transfer_syntax: str
+    has_pixel_data: bool
+
+
+def inspect(path: Path) -> Part10Info:
     """Raise :class:`IncompleteDataset` unless every element of the Part-10 file is whole.
 
-    Returns the transfer syntax UID from the file meta group.
+    Returns the transfer syntax UID from the file meta group and whether the data set has a
+    top-level pixel data element: a file cut exactly between two elements is structurally whole,
+    but an image whose pixels are missing is the common shape of such a cut.
     """
     with path.open("rb") as fp:
-        return _walk(fp, path.stat().st_size, stop_at_pixels=False)[0]
+        transfer_syntax, _end, pixels = _walk(fp, path.stat().st_size, stop_at_pixels=False)
+    return Part10Info(transfer_syntax, pixels)
+
+
+def check_complete(path: Path) -> str:
+    """:func:`inspect`, returning only the transfer syntax UID."""
+    return inspect(path).transfer_syntax
 
 
 def header_length(fp: BinaryIO, size: int) -> int | None:
@@ -136,11 +152,11 @@ def header_length(fp: BinaryIO, size: int) -> int | None:
     Raises :class:`IncompleteDataset` when those bytes end before the header does (read more);
     returns None for a deflated file, whose header can only be found by inflating all of it.
     """
-    transfer_syntax, end = _walk(fp, size, stop_at_pixels=True)
+    transfer_syntax, end, _pixels = _walk(fp, size, stop_at_pixels=True)
     return None if transfer_syntax in DEFLATED_TRANSFER_SYNTAXES else end
 
 
-def _walk(fp: BinaryIO, size: int, *, stop_at_pixels: bool) -> tuple[str, int]:
+def _walk(fp: BinaryIO, size: int, *, stop_at_pixels: bool) -> tuple[str, int, bool]:
     if size < 132 or fp.read(132)[128:] != b"DICM":
         raise IncompleteDataset("no DICOM preamble")
     meta = _Walker(fp, size, implicit=False, little=True)
@@ -160,20 +176,21 @@ def _walk(fp: BinaryIO, size: int, *, stop_at_pixels: bool) -> tuple[str, int]:
         raise IncompleteDataset("file meta has no transfer syntax")
     if transfer_syntax in DEFLATED_TRANSFER_SYNTAXES:
         if stop_at_pixels:
-            return transfer_syntax, size
+            return transfer_syntax, size, False
         with _inflate(fp) as inflated:
             inflated_size = inflated.seek(0, 2)
             inflated.seek(0)
             inner = _Walker(cast(BinaryIO, inflated), inflated_size, implicit=False, little=True)
             inner.dataset(0, until_item_end=False)
-        return transfer_syntax, size
+        return transfer_syntax, size, inner.pixel_data
     walker = _Walker(
         fp,
         size,
         implicit=transfer_syntax == IMPLICIT_LITTLE,
         little=transfer_syntax != EXPLICIT_BIG,
     )
-    return transfer_syntax, walker.dataset(0, until_item_end=False, stop_at_pixels=stop_at_pixels)
+    end = walker.dataset(0, until_item_end=False, stop_at_pixels=stop_at_pixels)
+    return transfer_syntax, end, walker.pixel_data
 
 
 def _inflate(fp: BinaryIO) -> tempfile.SpooledTemporaryFile[bytes]:

@@ -19,7 +19,7 @@ from pydicom.errors import InvalidDicomError
 
 from edge.common.dicom import InvalidUID, Status, instance_key, validate_uid
 from edge.common.events import InstanceReceived
-from edge.common.part10 import IncompleteDataset, check_complete
+from edge.common.part10 import IncompleteDataset, inspect
 from edge.common.store import ObjectStore, ObjectStoreError, StoredObject
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,17 @@ def store_instance(
     if size > max_size:
         return StoreResult(Status.TOO_LARGE, f"instance of {size} bytes exceeds {max_size}")
     try:
-        transfer_syntax = check_complete(request.path)
-        header = dcmread(request.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        info = inspect(request.path)
+        header = dcmread(
+            request.path, stop_before_pixels=True, specific_tags=[*HEADER_TAGS, "Rows"]
+        )
     except (IncompleteDataset, InvalidDicomError, ValueError, EOFError, OSError) as exc:
         return StoreResult(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
+    transfer_syntax = info.transfer_syntax
+    # PS3.3 C.7.6.3: an image (Rows present) carries its pixel data; without it the data set
+    # was most likely cut between two elements, which the structural walk cannot see.
+    if "Rows" in header and not info.has_pixel_data:
+        return StoreResult(Status.CANNOT_UNDERSTAND, "image without pixel data (cut short?)")
     uids = {tag: str(header.get(tag, "") or "").strip() for tag in HEADER_TAGS}
     missing = [tag for tag, value in uids.items() if not value]
     if missing:

@@ -384,3 +384,16 @@ def test_upload_on_an_executor_within_the_deadline_succeeds(tmp_path: Path) -> N
         )
     assert result.status == Status.SUCCESS
     assert len(store.objects) == 1 and len(publish.events) == 1
+
+
+def test_image_cut_exactly_before_its_pixel_data_is_refused_with_C000(tmp_path: Path) -> None:
+    full = write_part10(tmp_path / "ct.dcm", add_pixels(make_dataset(), 16, 16))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: pixel_data_offset(data)])  # structurally whole, pixels gone
+
+    result, store, publish = run(request_for(cut))
+
+    assert result.status == Status.CANNOT_UNDERSTAND
+    assert "pixel data" in result.comment
+    assert store.objects == {} and publish.events == []
