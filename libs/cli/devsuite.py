@@ -43,6 +43,17 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
 
 
+def create_vhost(name: str) -> None:
+    """A RabbitMQ virtual host of its own, open to guest: isolation for one suite or module."""
+    _rabbitmqctl("add_vhost", name)
+    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+
+
+def delete_vhost(name: str) -> None:
+    """Remove a virtual host and everything in it (absent is fine)."""
+    subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60)
+
+
 @dataclass
 class DevSuite:
     """``edge up --dev`` in a child process with an environment of its own."""
@@ -103,8 +114,7 @@ class DevSuite:
 
     def start(self, timeout: float = 90.0) -> DevSuite:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        _rabbitmqctl("add_vhost", self.vhost)
-        _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+        create_vhost(self.vhost)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -148,7 +158,7 @@ class DevSuite:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        subprocess.run(["rabbitmqctl", "delete_vhost", self.vhost], capture_output=True, timeout=60)
+        delete_vhost(self.vhost)
         try:
             with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
