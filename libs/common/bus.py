@@ -192,12 +192,11 @@ class AioPikaBus:
         return consumer
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Close channels and the connection; bounded, since a robust connection that is busy
-        reconnecting to a vanished broker would otherwise hold shutdown up indefinitely."""
+        """Close the consumer channels and the connection, each bounded by ``timeout``."""
         for channel in self._consumer_channels:
             if not channel.is_closed:
-                await _bounded(channel.close(), timeout)
-        await _bounded(self._connection.close(), timeout)
+                await close_bounded(channel.close(), timeout)
+        await close_bounded(self._connection.close(), timeout)
 
 
 @dataclass(frozen=True)
@@ -289,13 +288,15 @@ class Consumer:
     async def stop(self, timeout: float = 20.0) -> None:
         """Stop taking messages and let the ones in flight finish (graceful shutdown)."""
         if self.amqp_queue is not None and self.tag is not None:
-            await _bounded(self.amqp_queue.cancel(self.tag), 5.0)
+            await close_bounded(self.amqp_queue.cancel(self.tag), 5.0)
         self.stopping.set()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
 
 
-async def _bounded(awaitable: Awaitable[Any], timeout: float) -> None:
+async def close_bounded(awaitable: Awaitable[Any], timeout: float) -> None:
+    """Await a close/cancel for at most ``timeout`` s: a robust connection busy reconnecting to
+    a vanished broker would otherwise hold a shutdown up indefinitely."""
     try:
         await asyncio.wait_for(awaitable, timeout)
     except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:

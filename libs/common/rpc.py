@@ -19,6 +19,8 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from edge.common.bus import close_bounded
+
 log = logging.getLogger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -51,10 +53,7 @@ async def declare_request_queue(channel: AbstractChannel, operation: str) -> Any
 
 async def _close(channel: AbstractChannel | None, timeout: float) -> None:
     if channel is not None and not channel.is_closed:
-        try:
-            await asyncio.wait_for(channel.close(), timeout)
-        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
-            log.warning("rpc channel did not close cleanly")
+        await close_bounded(channel.close(), timeout)
 
 
 def _int_header(value: object) -> int:
