@@ -57,6 +57,18 @@ def read_header(store: ObjectStore, key: str, first: bytes, size: int) -> Datase
         data = store.get_range(key, 0, min(length, size))
 
 
+def load_header(store: ObjectStore, key: str, sha256: str) -> Dataset | None:
+    """The header of the object at ``key``, or None when the object no longer holds the bytes
+    whose SHA-256 the event announced (newer bytes replaced them; their own event follows).
+
+    The first ranged GET also gives the object's size and checksum, so no HEAD is needed.
+    """
+    first, stored = store.read_head(key, FIRST_READ)
+    if stored.sha256 and stored.sha256 != sha256:
+        return None
+    return read_header(store, key, first, stored.size)
+
+
 async def on_instance_received(
     event: InstanceReceived, deps: IngestionDeps
 ) -> UpsertOutcome | None:
@@ -66,19 +78,17 @@ async def on_instance_received(
     (their own ``instance.received`` will index them).
     """
     try:
-        first, stored = await asyncio.to_thread(deps.store.read_head, event.object_key, FIRST_READ)
-        if stored.sha256 and stored.sha256 != event.sha256:
-            log.info("instance %s superseded by newer bytes; skipped", event.sop_instance_uid)
-            return None
-        header = await asyncio.to_thread(
-            read_header, deps.store, event.object_key, first, stored.size
-        )
+        # One hop off the event loop for all the S3 reads and the parse.
+        header = await asyncio.to_thread(load_header, deps.store, event.object_key, event.sha256)
     except ObjectStoreError as exc:
         raise TransientError(f"object store: {exc}") from exc
     except ObjectNotFound as exc:
         raise BadMessage(f"object {event.object_key} does not exist") from exc
     except (ValueError, EOFError, InvalidDicomError) as exc:
         raise BadMessage(f"header of {event.object_key} cannot be parsed: {exc}") from exc
+    if header is None:
+        log.info("instance %s superseded by newer bytes; skipped", event.sop_instance_uid)
+        return None
     try:
         record = record_from_dataset(
             header,
