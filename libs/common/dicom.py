@@ -51,8 +51,6 @@ class Status(IntEnum):
     """DIMSE status codes we answer with (PS3.7 Annex C, PS3.4 B.2.3 for the Storage Service)."""
 
     SUCCESS = 0x0000
-    # PS3.7 C.5.1: Refused: SOP class not supported.
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
     # PS3.7 C.5.21: Refused: not authorized (policy refusal).
     NOT_AUTHORIZED = 0x0124
     # PS3.4 B.2.3: Refused: out of resources (retryable: S3 or broker failed or was too slow).

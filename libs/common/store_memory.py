@@ -68,12 +68,8 @@ class InMemoryObjectStore:
         content_type: str = "application/dicom",
         metadata: Mapping[str, str] | None = None,
     ) -> StoredObject:
-        validate_key(key)
-        data = path.read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ChecksumMismatch(f"{path} does not match sha256 {sha256}")
         return self.put_bytes(
-            key, data, sha256=sha256, content_type=content_type, metadata=metadata
+            key, path.read_bytes(), sha256=sha256, content_type=content_type, metadata=metadata
         )
 
     def put_bytes(
