@@ -42,7 +42,6 @@ class ListenerService:
         self._cache: AdmissionCache | None = None
         self._server: Any = None
         self._uploads: ThreadPoolExecutor | None = None
-        self._ae: Any = None
 
     # -- blocking bridges, called from pynetdicom's association threads -------------------------
 
@@ -111,7 +110,7 @@ class ListenerService:
             deadline=s.store_deadline,
             uploads=self._uploads,
         )
-        self._ae = build_ae(
+        ae = build_ae(
             ae_title=s.ae_title,
             max_associations=s.max_associations,
             max_pdu_size=s.max_pdu_size,
@@ -119,7 +118,7 @@ class ListenerService:
             dimse_timeout=s.dimse_timeout,
             network_timeout=s.network_timeout,
         )
-        self._server = self._ae.start_server(
+        self._server = ae.start_server(
             (s.dicom_host, s.dicom_port),
             block=False,
             evt_handlers=event_handlers(self._admit, s.ae_title, deps),
@@ -156,6 +155,3 @@ class ListenerService:
 
 def bootstrap(settings: ListenerSettings, **adapters: Any) -> ListenerService:
     return ListenerService(settings, **adapters)
-
-
-__all__ = ["bootstrap", "ListenerService"]

@@ -28,7 +28,8 @@ from edge.common.dimse import (
     prefer_requested_order,
     set_nodelay,
 )
-from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
+from edge.common.store import ObjectStore
+from edge.listener.storage_scp import Publish, StoreRequest, StoreResult, store_instance
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ class AdmittingACSE(ACSE):
 
 @dataclass
 class StoreDeps:
-    store: Any
-    publish: Any
+    store: ObjectStore
+    publish: Publish
     max_size: int
     deadline: float
     uploads: Executor | None = None
