@@ -12,13 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
+from edge.cli.supervisor import is_ready
 from edge.common.netutil import free_ports
 
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
@@ -136,19 +136,11 @@ class DevSuite:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"suite exited early:\n{self.log_path.read_text()[-4000:]}")
-            if all(self._ready(p) for p in ports):
+            if all(is_ready(p) for p in ports):
                 return self
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"suite not ready in {timeout}s:\n{self.log_path.read_text()[-4000:]}")
-
-    @staticmethod
-    def _ready(port: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -98,19 +98,21 @@ def spawn(service: str) -> subprocess.Popen[bytes]:
     )
 
 
+def is_ready(port: int) -> bool:
+    """True when the service on ``port`` answers 200 on /readyz (its dependencies answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_ready(services: tuple[str, ...], timeout: float = 60.0) -> list[str]:
     """Poll each service's /readyz; return those not ready in time."""
     pending = set(services)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        for service in list(pending):
-            try:
-                url = f"http://127.0.0.1:{http_port(service)}/readyz"
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        pending.discard(service)
-            except OSError:
-                pass
+        pending -= {service for service in pending if is_ready(http_port(service))}
         time.sleep(0.2)
     return sorted(pending)
 
