@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from edge.auth.registry import PsycopgAERegistry
 from edge.cli import send as sending
 from edge.cli import supervisor
 
@@ -22,7 +22,7 @@ ae_app = typer.Typer(no_args_is_help=True, help="The registry of remote DICOM no
 app.add_typer(ae_app, name="ae")
 console = Console()
 
-SERVICES = ("listener", "ingestion", "storage", "auth")
+SERVICES = supervisor.SERVICES
 
 
 @app.command()
@@ -61,8 +61,7 @@ def migrate_cmd() -> None:
     console.print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
 
 
-def _registry():  # type: ignore[no-untyped-def]
-    from edge.auth.registry import PsycopgAERegistry
+def _registry() -> PsycopgAERegistry:
     from edge.common.settings import CommonSettings
 
     return PsycopgAERegistry(CommonSettings().database_url)
@@ -223,9 +222,5 @@ def echo(
     console.print(f"C-ECHO to {ae}@{host}:{port}: success")
 
 
-def main() -> None:  # pragma: no cover - console entry
+if __name__ == "__main__":  # `python -m edge.cli.main`, as the dev suite runs it
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
