@@ -81,7 +81,9 @@ class TransientError(Exception):
 
 
 class EventBus(Protocol):
-    async def publish(self, event: Event, *, headers: dict[str, str] | None = None) -> None: ...
+    async def publish(
+        self, event: Event, *, headers: dict[str, str] | None = None, mandatory: bool = True
+    ) -> None: ...
 
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -137,8 +139,16 @@ class AioPikaBus:
     def connection(self) -> AbstractRobustConnection:
         return self._connection
 
-    async def publish(self, event: Event, *, headers: dict[str, str] | None = None) -> None:
-        """Publish ``event`` on ``edge.events``; return only once the broker confirmed it."""
+    async def publish(
+        self, event: Event, *, headers: dict[str, str] | None = None, mandatory: bool = True
+    ) -> None:
+        """Publish ``event`` on ``edge.events``; return only once the broker confirmed it.
+
+        ``mandatory`` (the default) makes an event that no queue takes an error: right for work
+        the suite itself must do (``instance.received``). Catalog events for outside subscribers
+        go out with ``mandatory=False``: having no subscriber yet is normal, and the change feed
+        (``GET /api/changes``) keeps every one of them for whoever comes later.
+        """
         assert self._exchange is not None
         message = aio_pika.Message(
             body=to_body(event),
@@ -149,7 +159,7 @@ class AioPikaBus:
         )
         try:
             await asyncio.wait_for(
-                self._exchange.publish(message, routing_key=event.name, mandatory=True),
+                self._exchange.publish(message, routing_key=event.name, mandatory=mandatory),
                 self._timeout,
             )
         except Exception as exc:  # broker down, nack, return, timeout: all mean "not durable"

@@ -64,6 +64,106 @@ class InstanceReceived(Event):
     called_ae: str
 
 
+class CatalogEvent(Event):
+    """An event derived from a catalog change: written to the outbox in the transaction that made
+    the change, published by the relay, replayable from ``GET /api/changes``.
+
+    ``sequence`` is the change-feed position, assigned by the relay in commit order: strictly
+    increasing across all catalog events, so a subscriber that remembers the last one it saw
+    can ask for everything after it. It also travels as the CloudEvents ``sequence`` extension.
+    """
+
+    sequence: int = Field(
+        0, ge=0, description="Change-feed position (GET /api/changes?after=N); 0 until relayed."
+    )
+
+
+class InstanceStored(CatalogEvent):
+    """A new instance is in the catalog (first time this SOP Instance UID was seen)."""
+
+    name: ClassVar[str] = "instance.stored"
+
+    study_uid: UID
+    series_uid: UID
+    sop_instance_uid: UID
+    sop_class_uid: UID
+    transfer_syntax_uid: UID
+    modality: str | None = Field(description="Modality of the series (0008,0060), if present.")
+    object_key: str = Field(description="S3 key of the instance in the suite's bucket.")
+    size: int = Field(ge=0, description="Size of the stored Part-10 object in bytes.")
+    sha256: str = Field(description="SHA-256 of the stored object, hex.")
+    calling_ae: str = Field(description="AE title (or STOW-RS client) that sent it.")
+
+
+class InstanceReplaced(InstanceStored):
+    """A known SOP Instance UID arrived again with different bytes; the catalog now describes
+    the new object (same key, new ``sha256`` and ``size``)."""
+
+    name: ClassVar[str] = "instance.replaced"
+
+    previous_sha256: str = Field(description="SHA-256 of the object this one replaced.")
+
+
+class SeriesSummary(BaseModel):
+    """One series of a study as announced."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    series_uid: UID
+    modality: str | None
+    sop_class_uids: list[UID] = Field(description="Distinct SOP Class UIDs, sorted.")
+    instance_count: int = Field(ge=0)
+    bytes: int = Field(ge=0, description="Sum of the instances' object sizes.")
+
+
+class StudyArrived(CatalogEvent):
+    """A study has been quiet for ``EDGE_STABLE_AFTER`` seconds: published once per study.
+
+    Carries no patient name, ID, birth date or other demographics: UIDs, counts and sizes only.
+    """
+
+    name: ClassVar[str] = "study.arrived"
+
+    study_uid: UID
+    series: list[SeriesSummary] = Field(description="Every series, by Series Instance UID.")
+    modalities: list[str] = Field(description="Distinct modalities of the series, sorted.")
+    sop_class_uids: list[UID] = Field(description="Distinct SOP Class UIDs, sorted.")
+    series_count: int = Field(ge=0)
+    instance_count: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    object_key_prefix: str = Field(description="S3 key prefix of every object of the study.")
+    first_received_at: datetime = Field(description="When the first instance was received.")
+    last_received_at: datetime = Field(description="When the latest instance was received.")
+    calling_aes: list[str] = Field(description="AE titles that sent instances, sorted.")
+
+
+class StudyChanges(BaseModel):
+    """What changed in a study since its previous announcement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    series_added: list[UID] = Field(description="Series that were not in the last announcement.")
+    series_changed: list[UID] = Field(
+        description="Series already announced whose instances were added or replaced."
+    )
+    instances_added: int = Field(ge=0)
+    instances_replaced: int = Field(ge=0)
+    bytes_added: int = Field(description="Change of the study's total size (may be negative).")
+    previous_sequence: int | None = Field(
+        description="Sequence of the announcement this one follows."
+    )
+
+
+class StudyUpdated(StudyArrived):
+    """Instances arrived (or were replaced) after the study was announced, and the study has been
+    quiet again for ``EDGE_STABLE_AFTER`` seconds. Same shape as ``study.arrived`` (the whole
+    study as it is now) plus ``changes``."""
+
+    name: ClassVar[str] = "study.updated"
+
+    changes: StudyChanges
+
+
 class AeChanged(Event):
     """The AE registry changed; listeners drop their admission cache for that AE title."""
 
@@ -73,7 +173,16 @@ class AeChanged(Event):
     change: str  # "added" | "updated" | "removed"
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.ce_type(): cls for cls in (InstanceReceived, AeChanged)}
+ALL_EVENTS: tuple[type[Event], ...] = (
+    InstanceReceived,
+    InstanceStored,
+    InstanceReplaced,
+    StudyArrived,
+    StudyUpdated,
+    AeChanged,
+)
+EVENT_TYPES: dict[str, type[Event]] = {cls.ce_type(): cls for cls in ALL_EVENTS}
+EVENTS_BY_NAME: dict[str, type[Event]] = {cls.name: cls for cls in ALL_EVENTS}
 
 
 class UndecodableMessage(ValueError):
@@ -92,6 +201,9 @@ def to_headers(event: Event, source: str) -> dict[str, str]:
     subject = event.subject()
     if subject:
         headers["ce-subject"] = subject
+    if isinstance(event, CatalogEvent):
+        # CloudEvents "sequence" extension: a string that sorts like the number (zero-padded).
+        headers["ce-sequence"] = f"{event.sequence:020d}"
     return headers
 
 

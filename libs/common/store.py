@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
@@ -34,6 +34,11 @@ _MAX_KEY_BYTES = 1024  # S3 limit on object key length
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 CHUNK = 1 << 20
 SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
+# What the listener records with each instance (x-amz-meta-*), read back by the storage scrub.
+OBJECT_META_CALLING_AE = "calling-ae"
+OBJECT_META_CALLED_AE = "called-ae"
+OBJECT_META_TRANSFER_SYNTAX = "transfer-syntax"
+_META_PREFIX = "x-amz-meta-"
 _Headers = dict[str, str | list[str] | tuple[str]]  # the SDK's metadata type
 
 
@@ -46,6 +51,8 @@ class StoredObject:
     sha256: str | None
     etag: str | None
     last_modified: datetime | None
+    # User metadata (names without the x-amz-meta- prefix); filled by ``stat`` only.
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 class ObjectStoreError(Exception):
@@ -433,13 +440,18 @@ class MinioObjectStore:
                 if exc.code in _NOT_FOUND_CODES:
                     return None
                 raise
-        meta = obj.metadata or {}
+        meta = {
+            name.lower().removeprefix(_META_PREFIX): str(value)
+            for name, value in (obj.metadata or {}).items()
+            if name.lower().startswith(_META_PREFIX)
+        }
         return StoredObject(
             key=key,
             size=obj.size or 0,
-            sha256=meta.get(f"x-amz-meta-{SHA256_METADATA}"),
+            sha256=meta.get(SHA256_METADATA),
             etag=_strip_etag(obj.etag),
             last_modified=obj.last_modified,
+            metadata=meta,
         )
 
     def delete(self, key: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -123,9 +123,10 @@ class InMemoryObjectStore:
 
     def stat(self, key: str) -> StoredObject | None:
         try:
-            return self._described(key, self._get(key))
+            obj = self._get(key)
         except ObjectNotFound:
             return None
+        return replace(self._described(key, obj), metadata=dict(obj.metadata))
 
     def delete(self, key: str) -> None:
         validate_key(key)

@@ -20,7 +20,14 @@ from pydicom.errors import InvalidDicomError
 from edge.common.dicom import InvalidUID, Status, instance_key, validate_uid
 from edge.common.events import InstanceReceived
 from edge.common.part10 import IncompleteDataset, inspect
-from edge.common.store import ObjectStore, ObjectStoreError, StoredObject
+from edge.common.store import (
+    OBJECT_META_CALLED_AE,
+    OBJECT_META_CALLING_AE,
+    OBJECT_META_TRANSFER_SYNTAX,
+    ObjectStore,
+    ObjectStoreError,
+    StoredObject,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +58,18 @@ class StoreResult:
 
 
 def _put(
-    store: ObjectStore, key: str, path: Path, timeout: float, uploads: Executor | None
+    store: ObjectStore,
+    key: str,
+    path: Path,
+    metadata: dict[str, str],
+    timeout: float,
+    uploads: Executor | None,
 ) -> StoredObject:
     if uploads is None:
-        return store.put_file(key, path)
+        return store.put_file(key, path, metadata=metadata)
     if timeout <= 0:
         raise TimeoutError
-    return uploads.submit(store.put_file, key, path).result(timeout)
+    return uploads.submit(store.put_file, key, path, metadata=metadata).result(timeout)
 
 
 def store_instance(
@@ -116,7 +128,15 @@ def store_instance(
 
     try:
         # The store hashes the file as it reads it and has the server verify that checksum.
-        stored = _put(store, key, request.path, deadline - (time.monotonic() - started), uploads)
+        # Who sent it travels with the object, so the storage scrub can announce an object
+        # whose instance.received was never confirmed with the same facts the listener knew.
+        metadata = {
+            OBJECT_META_CALLING_AE: request.calling_ae,
+            OBJECT_META_CALLED_AE: request.called_ae,
+            OBJECT_META_TRANSFER_SYNTAX: transfer_syntax,
+        }
+        budget = deadline - (time.monotonic() - started)
+        stored = _put(store, key, request.path, metadata, budget, uploads)
         if not stored.sha256:
             raise ObjectStoreError(f"no checksum recorded for {key}")
     except ObjectStoreError as exc:
