@@ -207,6 +207,16 @@ def to_headers(event: Event, source: str) -> dict[str, str]:
     return headers
 
 
+def to_structured(event: Event, source: str) -> dict[str, Any]:
+    """The event as one structured-mode CloudEvents JSON object (the change feed's form)."""
+    attributes: dict[str, Any] = {
+        name.removeprefix("ce-"): value for name, value in to_headers(event, source).items()
+    }
+    if isinstance(event, CatalogEvent):
+        attributes["sequence"] = event.sequence  # a number here: JSON keeps it exact
+    return {**attributes, "datacontenttype": CONTENT_TYPE, "data": event.data()}
+
+
 def to_body(event: Event) -> bytes:
     return json.dumps(event.data(), separators=(",", ":")).encode()
 

@@ -7,11 +7,13 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from edge.common.bus import INGESTION_INSTANCE_RECEIVED, AioPikaBus, Consumer
-from edge.common.catalog import Catalog, PsycopgCatalog
+from edge.common.catalog import Catalog, EventLog, PsycopgCatalog
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
 from edge.ingestion.consumers import dispatcher
 from edge.ingestion.handlers import IngestionDeps
+from edge.ingestion.http import change_feed_routes
+from edge.ingestion.relay import Announcer, Relay
 from edge.ingestion.settings import IngestionSettings
 
 
@@ -31,6 +33,9 @@ class IngestionService:
         self.catalog = catalog
         self.bus = bus
         self._consumer: Consumer | None = None
+        self.relay: Relay | None = None
+        self.announcer: Announcer | None = None
+        self._events: EventLog | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -40,7 +45,23 @@ class IngestionService:
             self.catalog = await PsycopgCatalog.open(s.database_url, max_size=s.db_pool_size)
         if self.bus is None:
             self.bus = await AioPikaBus.connect(s.amqp_url, "/edge/ingestion")
-        deps = IngestionDeps(store=self.store, catalog=self.catalog)
+        if isinstance(self.catalog, PsycopgCatalog):
+            # The outbox, the study timer and the change feed live in Postgres.
+            self._events = self.catalog
+            self.relay = Relay(self._events, self.bus, poll_interval=s.relay_interval)
+            self.announcer = Announcer(
+                self._events,
+                stable_after=s.stable_after,
+                poll_interval=s.announce_interval,
+                announced=self.relay.wake,
+            )
+            self.relay.start()
+            self.announcer.start()
+        deps = IngestionDeps(
+            store=self.store,
+            catalog=self.catalog,
+            committed=self.relay.wake if self.relay else lambda: None,
+        )
         self._consumer = await self.bus.consume(
             INGESTION_INSTANCE_RECEIVED, dispatcher(deps), prefetch=s.prefetch
         )
@@ -49,6 +70,9 @@ class IngestionService:
         """Stop taking messages, finish those in flight (their acks need the channel), close."""
         if self._consumer is not None:
             await self._consumer.stop()
+        for loop in (self.announcer, self.relay):
+            if loop is not None:
+                await loop.stop()
         if self.bus is not None:
             await self.bus.close()
         if self.catalog is not None:
@@ -66,7 +90,9 @@ class IngestionService:
         }
 
     def routes(self) -> list[BaseRoute]:
-        return []
+        if self._events is None:
+            return []
+        return change_feed_routes(self._events, max_limit=self.settings.changes_max_limit)
 
 
 def bootstrap(settings: IngestionSettings, **adapters: Any) -> IngestionService:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from opentelemetry.propagate import inject
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -15,11 +17,13 @@ from edge.common.bus import BadMessage, TransientError
 from edge.common.catalog import (
     Catalog,
     CatalogUnavailable,
+    InstanceRecord,
     UnusableInstance,
+    Upserted,
     UpsertOutcome,
     record_from_dataset,
 )
-from edge.common.events import InstanceReceived
+from edge.common.events import InstanceReceived, InstanceReplaced, InstanceStored
 from edge.common.part10 import IncompleteDataset, header_length
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
 
@@ -33,6 +37,8 @@ MAX_HEADER = 64 << 20  # a header past this is not a header we will index
 class IngestionDeps:
     store: ObjectStore
     catalog: Catalog
+    # Called after a transaction that queued an event commits (wakes the outbox relay).
+    committed: Callable[[], None] = lambda: None
 
 
 def read_header(store: ObjectStore, key: str, first: bytes, size: int) -> Dataset:
@@ -103,14 +109,44 @@ async def on_instance_received(
         raise BadMessage(str(exc)) from exc
     if record.sop_instance_uid != event.sop_instance_uid:
         raise BadMessage("object's SOP Instance UID differs from the event's")
+    trace_context: dict[str, str] = {}
+    inject(trace_context)  # the study's announcement continues this trace
     try:
-        outcome = await deps.catalog.upsert_instance(record)
+        async with deps.catalog.transaction() as tx:
+            upserted = await tx.upsert(record, trace_context)
+            if upserted.outcome is not UpsertOutcome.UNCHANGED:
+                # Same transaction as the row: the event exists if and only if the change does.
+                await tx.add_outbox(catalog_event(event, record, upserted), trace_context)
     except CatalogUnavailable as exc:
         raise TransientError(f"catalog: {exc}") from exc
-    if outcome is UpsertOutcome.REPLACED:
+    if upserted.outcome is UpsertOutcome.UNCHANGED:
+        return upserted.outcome
+    deps.committed()
+    if upserted.outcome is UpsertOutcome.REPLACED:
         log.info(
             "instance %s replaced by new bytes (sha256 %s)",
             event.sop_instance_uid,
             event.sha256[:12],
         )
-    return outcome
+    return upserted.outcome
+
+
+def catalog_event(
+    received: InstanceReceived, record: InstanceRecord, upserted: Upserted
+) -> InstanceStored:
+    """``instance.stored`` for a new instance, ``instance.replaced`` for new bytes."""
+    fields = {
+        "study_uid": received.study_uid,
+        "series_uid": received.series_uid,
+        "sop_instance_uid": received.sop_instance_uid,
+        "sop_class_uid": received.sop_class_uid,
+        "transfer_syntax_uid": received.transfer_syntax_uid,
+        "modality": record.series.modality,
+        "object_key": received.object_key,
+        "size": received.size,
+        "sha256": received.sha256,
+        "calling_ae": received.calling_ae,
+    }
+    if upserted.outcome is UpsertOutcome.REPLACED and upserted.previous_sha256:
+        return InstanceReplaced(**fields, previous_sha256=upserted.previous_sha256)
+    return InstanceStored(**fields)

@@ -32,6 +32,7 @@ from edge.common.catalog import (
     record_from_dataset,
 )
 from edge.common.dicom import instance_key
+from edge.common.events import InstanceStored
 from tests.fixtures.pg import SERVER_URL, drop_database, new_database_url
 
 # pydicom's bundled test files, read from the installed package: get_testdata_files() would also
@@ -198,7 +199,7 @@ async def test_instance_after_announcement_flags_the_study_updated(
     await catalog.upsert_instance(rec)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
-            "UPDATE study SET announced_at = now(), announced_sequence = 1"
+            "UPDATE study SET announced_at = now()"
             " WHERE study_instance_uid = %s",
             (rec.study.study_instance_uid,),
         )
@@ -258,23 +259,45 @@ async def test_concurrent_duplicates_of_one_instance_insert_it_once(
 # --- transactions and the outbox ----------------------------------------------------------
 
 
+def stored_event(rec: InstanceRecord) -> InstanceStored:
+    return InstanceStored(
+        study_uid=rec.study.study_instance_uid,
+        series_uid=rec.series.series_instance_uid,
+        sop_instance_uid=rec.sop_instance_uid,
+        sop_class_uid=rec.sop_class_uid,
+        transfer_syntax_uid=rec.transfer_syntax_uid,
+        modality=rec.series.modality,
+        object_key=rec.object_key,
+        size=rec.size,
+        sha256=rec.sha256,
+        calling_ae=rec.calling_ae,
+    )
+
+
 async def test_outbox_row_commits_with_the_instance(
     catalog: PsycopgCatalog, database_url: str
 ) -> None:
     rec = make_record()
+    event = stored_event(rec)
     async with catalog.transaction() as tx:
         assert await tx.upsert_instance(rec) is UpsertOutcome.INSERTED
-        seq = await tx.add_outbox(
-            "instance.stored", rec.study.study_instance_uid, {"sop": rec.sop_instance_uid}
-        )
+        pk = await tx.add_outbox(event, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})
     rows = await fetch(
         database_url,
-        "SELECT event_type, subject, payload, headers, published_at FROM outbox"
-        " WHERE sequence = %s",
-        seq,
+        "SELECT event_type, subject, payload->>'sop_instance_uid', headers ? 'traceparent',"
+        " event_id, sequence, published_at FROM outbox WHERE pk = %s",
+        pk,
     )
     assert rows == [
-        ("instance.stored", rec.study.study_instance_uid, {"sop": rec.sop_instance_uid}, {}, None)
+        (
+            "instance.stored",
+            rec.study.study_instance_uid,
+            rec.sop_instance_uid,
+            True,
+            event.id,
+            None,
+            None,
+        )
     ]
 
 
@@ -285,7 +308,7 @@ async def test_failed_transaction_leaves_neither_instance_nor_outbox_row(
     with pytest.raises(RuntimeError):
         async with catalog.transaction() as tx:
             await tx.upsert_instance(rec)
-            await tx.add_outbox("instance.stored", rec.study.study_instance_uid, {})
+            await tx.add_outbox(stored_event(rec))
             raise RuntimeError("publish bookkeeping failed")
     assert await catalog.get_instance(rec.sop_instance_uid) is None
     assert await fetch(

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from edge.common.bus import BadMessage, TransientError
 from edge.common.catalog import InMemoryCatalog, UpsertOutcome
 from edge.common.dicom import instance_key
-from edge.common.events import InstanceReceived
+from edge.common.events import InstanceReceived, InstanceReplaced, InstanceStored
 from edge.common.store import ObjectStoreError
 from edge.common.store_memory import InMemoryObjectStore
 from edge.ingestion.handlers import FIRST_READ, IngestionDeps, on_instance_received, read_header
@@ -127,6 +127,58 @@ async def test_same_sop_instance_uid_with_new_bytes_is_replaced(
     row = await deps.catalog.get_instance(ds.SOPInstanceUID)
     assert row is not None and row["sha256"] == second.sha256
     assert await deps.catalog.count_instances() == 1
+
+
+async def test_new_instance_queues_instance_stored_in_its_transaction(
+    deps: IngestionDeps, ct_bytes: bytes
+) -> None:
+    event = put_instance(deps.store, ct_bytes)
+    woken: list[bool] = []
+    deps.committed = lambda: woken.append(True)
+
+    await on_instance_received(event, deps)
+
+    assert isinstance(deps.catalog, InMemoryCatalog)
+    [row] = deps.catalog.outbox
+    assert type(row.event) is InstanceStored
+    assert row.event.model_dump(exclude={"id", "time", "sequence"}) == {
+        "study_uid": event.study_uid,
+        "series_uid": event.series_uid,
+        "sop_instance_uid": event.sop_instance_uid,
+        "sop_class_uid": event.sop_class_uid,
+        "transfer_syntax_uid": event.transfer_syntax_uid,
+        "modality": "CT",
+        "object_key": event.object_key,
+        "size": event.size,
+        "sha256": event.sha256,
+        "calling_ae": "MODALITY1",
+    }
+    assert woken == [True]
+
+
+async def test_redelivery_queues_no_second_event(deps: IngestionDeps, ct_bytes: bytes) -> None:
+    event = put_instance(deps.store, ct_bytes)
+    await on_instance_received(event, deps)
+    await on_instance_received(event, deps)
+
+    assert isinstance(deps.catalog, InMemoryCatalog)
+    assert len(deps.catalog.outbox) == 1
+
+
+async def test_new_bytes_queue_instance_replaced_with_the_previous_checksum(
+    deps: IngestionDeps, tmp_path: Path
+) -> None:
+    ds = add_pixels(make_dataset(), 16, 16)
+    first = put_instance(deps.store, part10_bytes(tmp_path, ds))
+    await on_instance_received(first, deps)
+    ds.SeriesDescription = "corrected"
+    second = put_instance(deps.store, part10_bytes(tmp_path, ds))
+    await on_instance_received(second, deps)
+
+    assert isinstance(deps.catalog, InMemoryCatalog)
+    replaced = deps.catalog.outbox[-1].event
+    assert isinstance(replaced, InstanceReplaced)
+    assert (replaced.sha256, replaced.previous_sha256) == (second.sha256, first.sha256)
 
 
 async def test_event_for_a_missing_object_is_a_bad_message(

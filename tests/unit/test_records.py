@@ -20,6 +20,7 @@ from edge.common.catalog import (
     normalise_person_name,
     record_from_dataset,
 )
+from edge.common.events import InstanceStored
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -234,10 +235,25 @@ async def test_in_memory_transaction_rolls_back_with_its_outbox_row() -> None:
     with pytest.raises(RuntimeError):
         async with catalog.transaction() as tx:
             await tx.upsert_instance(record(ds))
-            await tx.add_outbox("instance.stored", ds.StudyInstanceUID, {"n": 1})
+            await tx.add_outbox(stored_event(ds.StudyInstanceUID))
             raise RuntimeError("handler failed after writing")
     assert await catalog.count_instances() == 0
     assert catalog.outbox == []
+
+
+def stored_event(study_uid: str) -> InstanceStored:
+    return InstanceStored(
+        study_uid=study_uid,
+        series_uid="1.2.3",
+        sop_instance_uid="1.2.3.4",
+        sop_class_uid=CTImageStorage,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="CT",
+        object_key="studies/1/series/1.2.3/instances/1.2.3.4.dcm",
+        size=1,
+        sha256="a" * 64,
+        calling_ae="TEST",
+    )
 
 
 def test_bad_value_in_a_sequence_loses_that_value_only() -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from edge.common.catalog.ports import CatalogUnavailable, UpsertOutcome
+from edge.common.catalog.ports import CatalogUnavailable, Upserted, UpsertOutcome
 from edge.common.catalog.records import InstanceRecord
+from edge.common.events import CatalogEvent
 
 
 @dataclass
@@ -22,19 +23,17 @@ class StudyState:
     first_received_at: datetime
     last_instance_at: datetime
     announced_at: datetime | None = None
-    announced_sequence: int | None = None
     updated_since_announce: bool = False
+    replaced_since_announce: int = 0
 
 
 @dataclass(frozen=True)
 class OutboxRow:
     """An event waiting for the relay."""
 
-    sequence: int
-    event_type: str
-    subject: str
-    payload: dict[str, Any]
-    headers: dict[str, Any]
+    pk: int
+    event: CatalogEvent
+    headers: dict[str, str]
 
 
 @dataclass
@@ -44,7 +43,7 @@ class _State:
     series_study: dict[str, str] = field(default_factory=dict)
     patients: set[str] = field(default_factory=set)
     outbox: list[OutboxRow] = field(default_factory=list)
-    next_sequence: int = 1
+    next_pk: int = 1
 
     def copy(self) -> _State:
         # Records are frozen, so only the mutable per-study state needs copies of its own.
@@ -54,7 +53,7 @@ class _State:
             series_study=dict(self.series_study),
             patients=set(self.patients),
             outbox=list(self.outbox),
-            next_sequence=self.next_sequence,
+            next_pk=self.next_pk,
         )
 
 
@@ -64,12 +63,15 @@ class InMemoryTransaction:
     def __init__(self, state: _State) -> None:
         self._state = state
 
-    async def upsert_instance(self, rec: InstanceRecord) -> UpsertOutcome:
+    async def upsert(
+        self, rec: InstanceRecord, trace_context: Mapping[str, str] | None = None
+    ) -> Upserted:
         """Same outcomes as the Postgres adapter: UNCHANGED touches nothing."""
         s = self._state
         old = s.instances.get(rec.sop_instance_uid)
+        previous = None if old is None else old.sha256
         if old is not None and old.sha256 == rec.sha256:
-            return UpsertOutcome.UNCHANGED
+            return Upserted(UpsertOutcome.UNCHANGED, previous)
         now = datetime.now(UTC)
         study_uid = rec.study.study_instance_uid
         s.patients.add(rec.patient.identity_key)
@@ -81,23 +83,24 @@ class InMemoryTransaction:
         study.patient_key = rec.patient.identity_key
         study.last_instance_at = max(study.last_instance_at, now)
         study.updated_since_announce = study.updated_since_announce or bool(study.announced_at)
+        study.replaced_since_announce += old is not None
         s.series_study[rec.series.series_instance_uid] = study_uid
         s.instances[rec.sop_instance_uid] = rec
-        return UpsertOutcome.INSERTED if old is None else UpsertOutcome.REPLACED
+        outcome = UpsertOutcome.INSERTED if old is None else UpsertOutcome.REPLACED
+        return Upserted(outcome, previous)
+
+    async def upsert_instance(self, rec: InstanceRecord) -> UpsertOutcome:
+        return (await self.upsert(rec)).outcome
 
     async def add_outbox(
-        self,
-        event_type: str,
-        subject: str,
-        payload: Mapping[str, Any],
-        headers: Mapping[str, Any] | None = None,
+        self, event: CatalogEvent, headers: Mapping[str, str] | None = None
     ) -> int:
-        """Queue an event; returns its sequence (1, 2, 3, ...)."""
+        """Queue an event; returns its row key (1, 2, 3, ...)."""
         s = self._state
-        seq = s.next_sequence
-        s.next_sequence += 1
-        s.outbox.append(OutboxRow(seq, event_type, subject, dict(payload), dict(headers or {})))
-        return seq
+        pk = s.next_pk
+        s.next_pk += 1
+        s.outbox.append(OutboxRow(pk, event, dict(headers or {})))
+        return pk
 
 
 class InMemoryCatalog:
@@ -179,3 +182,13 @@ class InMemoryCatalog:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    async def catalogued_objects(self, keys: Sequence[str]) -> dict[str, str]:
+        """Object key → SHA-256 of the instances whose row points at one of ``keys``."""
+        self._check()
+        wanted = set(keys)
+        return {
+            rec.object_key: rec.sha256
+            for rec in self._state.instances.values()
+            if rec.object_key in wanted
+        }

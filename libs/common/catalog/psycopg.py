@@ -14,7 +14,7 @@ transaction that catalogues the instance::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -24,8 +24,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from edge.common.catalog.ports import CatalogUnavailable, UpsertOutcome
+from edge.common.catalog.ports import (
+    CatalogUnavailable,
+    DueStudy,
+    OutboxEntry,
+    PreviousAnnouncement,
+    PublishBatch,
+    SeriesState,
+    Upserted,
+    UpsertOutcome,
+)
 from edge.common.catalog.records import InstanceRecord
+from edge.common.events import EVENTS_BY_NAME, CatalogEvent
 
 # Each statement below runs in its own snapshot (READ COMMITTED), so a parent row that a
 # concurrent worker committed while we waited on its conflict is visible to the next statement's
@@ -136,7 +146,10 @@ WITH upserted AS (
 ), timer AS (
     UPDATE study SET
         last_instance_at = GREATEST(last_instance_at, now()),
-        updated_since_announce = updated_since_announce OR announced_at IS NOT NULL
+        updated_since_announce = updated_since_announce OR announced_at IS NOT NULL,
+        replaced_since_announce = replaced_since_announce
+            + (SELECT count(*) FROM upserted WHERE NOT inserted),
+        trace_context = %(trace_context)s
     WHERE study_instance_uid = %(study_instance_uid)s AND EXISTS (SELECT 1 FROM upserted)
 )
 SELECT inserted FROM upserted
@@ -148,9 +161,77 @@ PING_TIMEOUT = 2.0
 _INSTANCE_SHA256 = "SELECT sha256 FROM instance WHERE sop_instance_uid = %s"
 
 _OUTBOX_INSERT = """
-INSERT INTO outbox (event_type, subject, payload, headers)
-VALUES (%s, %s, %s, %s)
-RETURNING sequence
+INSERT INTO outbox (event_type, subject, payload, headers, event_id, event_time)
+VALUES (%s, %s, %s, %s, %s, %s)
+RETURNING pk
+"""
+
+# Studies quiet for long enough that are not yet announced, or changed since. SKIP LOCKED: a
+# study another replica is announcing, or whose instance a transaction is adding right now, is
+# left for the next round; the row lock taken here makes such an instance wait, and it then
+# flags the study updated_since_announce, so it is announced again later, never lost.
+_CLAIM_DUE = """
+SELECT pk, study_instance_uid, announced_at IS NOT NULL AS announced, announced_summary,
+       (SELECT o.sequence FROM outbox o WHERE o.pk = study.announced_outbox_pk)
+           AS announced_sequence,
+       replaced_since_announce, trace_context
+FROM study
+WHERE (announced_at IS NULL OR updated_since_announce)
+  AND last_instance_at <= now() - make_interval(secs => %s)
+ORDER BY last_instance_at
+LIMIT %s
+FOR UPDATE SKIP LOCKED
+"""
+
+_STUDY_SERIES = """
+SELECT r.series_instance_uid, r.modality,
+       array_agg(DISTINCT i.sop_class_uid ORDER BY i.sop_class_uid) AS sop_class_uids,
+       count(*) AS instances, sum(i.size)::bigint AS bytes,
+       md5(string_agg(i.sop_instance_uid || ':' || i.sha256, ',' ORDER BY i.sop_instance_uid))
+           AS digest,
+       min(i.received_at) AS first_received_at, max(i.received_at) AS last_received_at,
+       array_agg(DISTINCT i.calling_ae ORDER BY i.calling_ae) AS calling_aes
+FROM series r JOIN instance i ON i.series_pk = r.pk
+WHERE r.study_pk = %s
+GROUP BY r.pk
+ORDER BY r.series_instance_uid
+"""
+
+_MARK_ANNOUNCED = """
+UPDATE study SET announced_at = now(), updated_since_announce = false,
+       replaced_since_announce = 0, announced_summary = %s, announced_outbox_pk = %s
+WHERE pk = %s
+"""
+
+# The relay's two steps. Numbering takes the position row's lock, so relays number one at a
+# time; the SELECT after it runs in a fresh snapshot (READ COMMITTED) that sees every row the
+# previous numbering committed, so no row is numbered twice and numbers only grow.
+_LOCK_POSITION = "SELECT last_sequence FROM outbox_position WHERE singleton FOR UPDATE"
+_NUMBER_BATCH = """
+WITH batch AS (
+    SELECT pk, row_number() OVER (ORDER BY pk) AS n
+    FROM outbox WHERE sequence IS NULL ORDER BY pk LIMIT %(limit)s
+)
+UPDATE outbox o SET sequence = %(last)s + batch.n FROM batch WHERE o.pk = batch.pk
+RETURNING o.sequence
+"""
+_MOVE_POSITION = "UPDATE outbox_position SET last_sequence = %s WHERE singleton"
+# One publisher at a time keeps the broker's order the feed's order (key: ASCII "edgerel").
+_RELAY_LOCK = "SELECT pg_try_advisory_xact_lock(28542614044083564)"
+_UNPUBLISHED = """
+SELECT pk, sequence, event_type, payload, headers, event_id, event_time
+FROM outbox WHERE published_at IS NULL AND sequence IS NOT NULL
+ORDER BY sequence LIMIT %s
+"""
+_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE pk = ANY(%s)"
+_CHANGES = """
+SELECT pk, sequence, event_type, payload, headers, event_id, event_time
+FROM outbox WHERE sequence > %s ORDER BY sequence LIMIT %s
+"""
+_OUTBOX_BACKLOG = """
+SELECT count(*) FILTER (WHERE sequence IS NULL),
+       count(*) FILTER (WHERE sequence IS NOT NULL AND published_at IS NULL)
+FROM outbox WHERE published_at IS NULL
 """
 
 _GET_INSTANCE = """
@@ -170,6 +251,16 @@ JOIN series r ON r.pk = i.series_pk
 JOIN study s ON s.pk = r.study_pk
 WHERE s.study_instance_uid = %s
 """
+
+
+def _entry(row: tuple[Any, ...]) -> OutboxEntry:
+    pk, sequence, event_type, payload, headers, event_id, event_time = row
+    cls = EVENTS_BY_NAME[event_type]
+    event = cls.model_validate(
+        {**payload, "sequence": sequence or 0, "id": event_id, "time": event_time}
+    )
+    assert isinstance(event, CatalogEvent)
+    return OutboxEntry(int(pk), event, dict(headers or {}))
 
 
 def _params(rec: InstanceRecord) -> dict[str, Any]:
@@ -216,20 +307,24 @@ class PsycopgTransaction:
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
-    async def upsert_instance(self, rec: InstanceRecord) -> UpsertOutcome:
+    async def upsert(
+        self, rec: InstanceRecord, trace_context: Mapping[str, str] | None = None
+    ) -> Upserted:
         """File ``rec`` under its patient, study and series, creating what is missing.
 
         Same SOP Instance UID and SHA-256 as stored: UNCHANGED, one read and nothing written.
         Otherwise one pipelined round trip upserts the four levels and moves the study's
-        ``last_instance_at``. (Two workers racing on the very same new instance may both
-        touch patient/study/series; the loser still reports UNCHANGED.)
+        stability timer (``trace_context``, W3C headers, is kept with it for the study's
+        announcement). Two workers racing on the very same new instance may both touch
+        patient/study/series; the loser still reports UNCHANGED.
         """
         conn = self._conn
         cur = await conn.execute(_INSTANCE_SHA256, (rec.sop_instance_uid,))
         row = await cur.fetchone()
-        if row is not None and row[0] == rec.sha256:
-            return UpsertOutcome.UNCHANGED
-        params = _params(rec)
+        previous = None if row is None else str(row[0])
+        if previous == rec.sha256:
+            return Upserted(UpsertOutcome.UNCHANGED, previous)
+        params = {**_params(rec), "trace_context": Jsonb(dict(trace_context or {}))}
         async with conn.pipeline():
             await conn.execute(_PATIENT_UPSERT, params)
             await conn.execute(_STUDY_UPSERT, params)
@@ -237,23 +332,60 @@ class PsycopgTransaction:
             cur = await conn.execute(_INSTANCE_UPSERT, params)
         row = await cur.fetchone()
         if row is None:
-            return UpsertOutcome.UNCHANGED
-        return UpsertOutcome.INSERTED if row[0] else UpsertOutcome.REPLACED
+            return Upserted(UpsertOutcome.UNCHANGED, previous)
+        return Upserted(UpsertOutcome.INSERTED if row[0] else UpsertOutcome.REPLACED, previous)
+
+    async def upsert_instance(self, rec: InstanceRecord) -> UpsertOutcome:
+        """:meth:`upsert`, when only the outcome matters."""
+        return (await self.upsert(rec)).outcome
 
     async def add_outbox(
-        self,
-        event_type: str,
-        subject: str,
-        payload: Mapping[str, Any],
-        headers: Mapping[str, Any] | None = None,
+        self, event: CatalogEvent, headers: Mapping[str, str] | None = None
     ) -> int:
-        """Queue an event for the outbox relay; returns its change-feed ``sequence``."""
+        """Queue ``event`` for the relay, which numbers and publishes it after this commits.
+
+        ``headers`` ride along to the broker (W3C trace context). Returns the row's key.
+        """
         cur = await self._conn.execute(
-            _OUTBOX_INSERT, (event_type, subject, Jsonb(dict(payload)), Jsonb(dict(headers or {})))
+            _OUTBOX_INSERT,
+            (
+                event.name,
+                event.subject(),
+                Jsonb(event.data()),
+                Jsonb(dict(headers or {})),
+                event.id,
+                event.time,
+            ),
         )
         row = await cur.fetchone()
         assert row is not None  # INSERT ... RETURNING always returns the row
         return int(row[0])
+
+    async def claim_due_studies(self, stable_after: float, limit: int) -> list[DueStudy]:
+        """Lock up to ``limit`` studies whose announcement is due; others skip them."""
+        cur = await self._conn.execute(_CLAIM_DUE, (stable_after, limit))
+        return [
+            DueStudy(
+                pk=int(pk),
+                study_uid=uid,
+                previous=(
+                    PreviousAnnouncement(summary or {}, seq, int(replaced)) if announced else None
+                ),
+                trace_context=dict(trace or {}),
+            )
+            for pk, uid, announced, summary, seq, replaced, trace in await cur.fetchall()
+        ]
+
+    async def study_series(self, study_pk: int) -> list[SeriesState]:
+        """Every series of a study with what an announcement says of it."""
+        cur = await self._conn.execute(_STUDY_SERIES, (study_pk,))
+        return [SeriesState(*row) for row in await cur.fetchall()]
+
+    async def mark_announced(
+        self, study_pk: int, summary: Mapping[str, Any], outbox_pk: int | None
+    ) -> None:
+        """Stop the timer: the study is announced as ``summary`` by outbox row ``outbox_pk``."""
+        await self._conn.execute(_MARK_ANNOUNCED, (Jsonb(dict(summary)), outbox_pk, study_pk))
 
 
 class PsycopgCatalog:
@@ -327,9 +459,58 @@ class PsycopgCatalog:
             yield PsycopgTransaction(conn)
 
     async def upsert_instance(self, rec: InstanceRecord) -> UpsertOutcome:
-        """:meth:`PsycopgTransaction.upsert_instance` in a transaction of its own."""
+        """:meth:`PsycopgTransaction.upsert` in a transaction of its own, without events."""
         async with self.transaction() as tx:
             return await tx.upsert_instance(rec)
+
+    # --- the outbox relay and the change feed ------------------------------------------------
+
+    async def number_outbox(self, limit: int = 500) -> int:
+        """Give up to ``limit`` committed, unnumbered outbox rows their change-feed sequence,
+        oldest first; returns how many were numbered."""
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(_LOCK_POSITION)
+            row = await cur.fetchone()
+            assert row is not None  # the migration inserts the singleton row
+            cur = await conn.execute(_NUMBER_BATCH, {"last": int(row[0]), "limit": limit})
+            numbered = [int(r[0]) for r in await cur.fetchall()]
+            if numbered:
+                await conn.execute(_MOVE_POSITION, (max(numbered),))
+        return len(numbered)
+
+    async def publish_outbox(self, publish: PublishBatch, limit: int = 500) -> int:
+        """Hand numbered, unpublished events to ``publish`` in sequence order and mark them
+        published once it returns (the broker confirmed them); returns how many.
+
+        Runs in one transaction under an advisory lock: while one replica publishes, the others
+        return 0 at once. If ``publish`` raises, nothing is marked and the same events (same
+        ids, same sequences) go out on the next call: at-least-once, never lost.
+        """
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(_RELAY_LOCK)
+            locked = await cur.fetchone()
+            if not locked or not locked[0]:
+                return 0
+            cur = await conn.execute(_UNPUBLISHED, (limit,))
+            entries = [_entry(row) for row in await cur.fetchall()]
+            if not entries:
+                return 0
+            await publish(entries)
+            await conn.execute(_MARK_PUBLISHED, ([e.pk for e in entries],))
+        return len(entries)
+
+    async def changes(self, after: int, limit: int) -> list[OutboxEntry]:
+        """The change feed: numbered events with ``sequence > after``, in order."""
+        async with self._connection() as conn:
+            cur = await conn.execute(_CHANGES, (after, limit))
+            return [_entry(row) for row in await cur.fetchall()]
+
+    async def outbox_backlog(self) -> tuple[int, int]:
+        """(rows waiting for a number, numbered rows waiting to be published)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(_OUTBOX_BACKLOG)
+            row = await cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def get_instance(self, sop_instance_uid: str) -> dict[str, Any] | None:
         """The catalogued columns of an instance (with its series, study and patient keys and
@@ -367,3 +548,14 @@ class PsycopgCatalog:
         except (psycopg.Error, TimeoutError):
             return False
         return True
+
+    async def catalogued_objects(self, keys: Sequence[str]) -> dict[str, str]:
+        """Object key → SHA-256 of the instances whose row points at one of ``keys``: one
+        query on ``instance_object_key_idx`` (migration 0004), an index-only scan."""
+        if not keys:
+            return {}
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT object_key, sha256 FROM instance WHERE object_key = ANY(%s)", (list(keys),)
+            )
+            return {key: sha256 for key, sha256 in await cur.fetchall()}
