@@ -48,7 +48,12 @@ class IngestionService:
         if isinstance(self.catalog, PsycopgCatalog):
             # The outbox, the study timer and the change feed live in Postgres.
             self._events = self.catalog
-            self.relay = Relay(self._events, self.bus, poll_interval=s.relay_interval)
+            self.relay = Relay(
+                self._events,
+                self.bus,
+                poll_interval=s.relay_interval,
+                retention=s.changes_retention,
+            )
             self.announcer = Announcer(
                 self._events,
                 stable_after=s.stable_after,

@@ -46,8 +46,17 @@ def change_feed_routes(events: EventLog, *, max_limit: int) -> list[BaseRoute]:
             return problem(400, "Bad change-feed query", f"limit must be 1..{max_limit}")
         try:
             entries = await events.changes(after, limit)
+            oldest = await events.oldest_change() if after else None
         except CatalogUnavailable:
             return problem(503, "Catalog unavailable", "the catalog database does not answer")
+        if oldest is not None and after < oldest - 1:
+            # Events after `after` were pruned (EDGE_CHANGES_RETENTION): resuming would skip
+            # them silently. The subscriber must resynchronise (e.g. by a query) first.
+            return problem(
+                410,
+                "Changes no longer available",
+                f"events after {after} were pruned; the feed starts at {oldest}",
+            )
         return JSONResponse(
             {
                 "events": [to_structured(e.event, SOURCE) for e in entries],

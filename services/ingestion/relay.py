@@ -33,6 +33,7 @@ STUDIES_ANNOUNCED = Counter(
     "edge_studies_announced", "Study announcements written to the outbox", ["event"]
 )
 OUTBOX_PUBLISHED = Counter("edge_outbox_published", "Outbox events published and confirmed")
+PRUNE_EVERY = 300.0  # seconds between retention sweeps when idle
 OUTBOX_BACKLOG = Gauge("edge_outbox_backlog", "Outbox events not yet published")
 
 
@@ -146,12 +147,20 @@ class Relay(_Loop):
     name = "outbox-relay"
 
     def __init__(
-        self, log_: EventLog, bus: EventBus, *, poll_interval: float, batch: int = 200
+        self,
+        log_: EventLog,
+        bus: EventBus,
+        *,
+        poll_interval: float,
+        retention: float | None = None,
+        batch: int = 200,
     ) -> None:
         super().__init__(poll_interval)
         self.events = log_
         self.bus = bus
+        self.retention = retention
         self.batch = batch
+        self._next_prune = 0.0
 
     async def step(self) -> int:
         """Number what has committed, publish what is numbered; returns events published."""
@@ -161,7 +170,17 @@ class Relay(_Loop):
         if not published:
             unnumbered, unpublished = await self.events.outbox_backlog()
             OUTBOX_BACKLOG.set(unnumbered + unpublished)
+            await self._prune()
         return published
+
+    async def _prune(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.retention is None or now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        pruned = await self.events.prune_changes(self.retention)
+        if pruned:
+            log.info("pruned %d events older than the change-feed retention", pruned)
 
     async def _publish(self, entries: list[OutboxEntry]) -> None:
         # One channel keeps publish order; confirms are awaited together, not one by one.

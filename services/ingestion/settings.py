@@ -13,6 +13,8 @@ class IngestionSettings(CommonSettings):
     # (its own commits wake it at once). Announcement latency is at most stable_after + this.
     announce_interval: float = 0.5
     relay_interval: float = 0.5
+    # Published events stay in the change feed this long (seconds; default 30 days).
+    changes_retention: float = 30 * 24 * 3600.0
     # Most events one GET /api/changes returns.
     changes_max_limit: int = 1000
     # Messages in flight per ingestion process: enough to keep the database busy.

@@ -7,11 +7,14 @@ import asyncio
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from starlette.applications import Starlette
 
 from edge.common.catalog import OutboxEntry, PsycopgCatalog
 from edge.common.events import StudyArrived, StudyUpdated
+from edge.ingestion.http import change_feed_routes
 from edge.ingestion.relay import Announcer
 from tests.integration.test_catalog import make_record, stored_event
 
@@ -222,3 +225,27 @@ async def test_instance_committed_while_announcing_is_announced_later_not_lost(
         study,
     )
     assert rows == [(True, True)]
+
+
+async def test_pruned_feed_answers_410_to_a_subscriber_that_fell_behind(
+    catalog: PsycopgCatalog, database_url: str
+) -> None:
+    await queue_events(catalog, 3)
+    published = await drain(catalog)
+    first, last = published[0].event.sequence, published[-1].event.sequence
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE outbox SET published_at = now() - interval '2 days' WHERE sequence <= %s",
+            (first,),
+        )
+    assert await catalog.prune_changes(retention=86400) >= 1
+    assert await catalog.oldest_change() == first + 1
+
+    app = Starlette(routes=change_feed_routes(catalog, max_limit=100))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingestion") as client:
+        gone = await client.get("/api/changes", params={"after": first - 1})
+        caught_up = await client.get("/api/changes", params={"after": first})
+    assert gone.status_code == 410
+    assert gone.headers["content-type"] == "application/problem+json"
+    assert [e["sequence"] for e in caught_up.json()["events"]] == list(range(first + 1, last + 1))

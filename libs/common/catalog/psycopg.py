@@ -228,6 +228,15 @@ _CHANGES = """
 SELECT pk, sequence, event_type, payload, headers, event_id, event_time
 FROM outbox WHERE sequence > %s ORDER BY sequence LIMIT %s
 """
+# Published events older than the retention leave the feed, a bounded batch at a time.
+_PRUNE = """
+DELETE FROM outbox WHERE pk IN (
+    SELECT pk FROM outbox
+    WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => %s)
+    ORDER BY sequence LIMIT %s
+)
+"""
+_OLDEST = "SELECT min(sequence) FROM outbox WHERE sequence IS NOT NULL"
 _OUTBOX_BACKLOG = """
 SELECT count(*) FILTER (WHERE sequence IS NULL),
        count(*) FILTER (WHERE sequence IS NOT NULL AND published_at IS NULL)
@@ -504,6 +513,19 @@ class PsycopgCatalog:
         async with self._connection() as conn:
             cur = await conn.execute(_CHANGES, (after, limit))
             return [_entry(row) for row in await cur.fetchall()]
+
+    async def oldest_change(self) -> int | None:
+        """The lowest sequence still in the feed (None: the feed is empty)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(_OLDEST)
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def prune_changes(self, retention: float, limit: int = 10_000) -> int:
+        """Drop up to ``limit`` published events older than ``retention`` seconds."""
+        async with self._connection() as conn:
+            cur = await conn.execute(_PRUNE, (retention, limit))
+            return cur.rowcount
 
     async def outbox_backlog(self) -> tuple[int, int]:
         """(rows waiting for a number, numbered rows waiting to be published)."""
