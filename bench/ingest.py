@@ -17,7 +17,12 @@ it generates fresh instances (new UIDs, so the catalog really grows), sends them
   interpolated as Prometheus' ``histogram_quantile`` does);
 - catalog lag: from the last C-STORE response until ``count(*) FROM instance`` holds every
   instance (polled every 50 ms);
-- peak RSS of the listener and of ingestion (each with its children), sampled every 100 ms.
+- peak RSS of the listener and of ingestion (each with its children), sampled every 100 ms;
+- announcement latency: from the last C-STORE response to the study's ``study.arrived`` as a
+  subscriber receives it, minus the quiet period ``EDGE_STABLE_AFTER`` (the suite it starts
+  uses 2 s unless ``--suite-env EDGE_STABLE_AFTER=...`` says otherwise);
+- relay throughput: ``--relay-events`` events queued in the outbox at once, timed until a
+  subscriber has received them all (bench/events.py).
 
 ``--big`` also sends one 300 MB instance and compares the listener's RSS before and during.
 Exit status 1 if a C-STORE failed or the catalog is short.
@@ -43,14 +48,17 @@ from pathlib import Path
 
 import psutil
 import psycopg
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.events import EventWatcher, relay_throughput  # noqa: E402
 from bench.generate import generate_big_instance, generate_ct_study  # noqa: E402
 from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env  # noqa: E402
 
 CALLING_AE = "BENCH"
+STABLE_AFTER = 2.0  # the quiet period of the suite the benchmark starts
 MB = 1_000_000
 SENDING = re.compile(r"Sending Store Request")
 RECEIVED = re.compile(r"Received Store Response \(([^)]*)\)")
@@ -282,6 +290,7 @@ class RunResult:
     failures: int
     exit_codes: list[int]
     statuses: dict[str, int]
+    announce_latency_s: float | None = None
 
 
 @dataclass
@@ -292,6 +301,8 @@ class Target:
     metrics_url: str | None
     database_url: str | None
     processes: dict[str, psutil.Process]
+    events: EventWatcher | None = None
+    stable_after: float = 60.0
 
 
 def send(
@@ -339,6 +350,12 @@ def send(
         watcher.wait_done(last_response)
         complete = watcher.reached_at is not None
         lag = max(0.0, watcher.reached_at - last_response) if watcher.reached_at else None
+    announce = None
+    if target.events is not None:
+        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        arrived = target.events.wait_study_arrived(study_uid, target.stable_after + 60)
+        if arrived is not None:
+            announce = arrived - last_response - target.stable_after
     peaks = sampler.stop()
     seconds = last_response - started
 
@@ -389,6 +406,7 @@ def send(
         failures=failures,
         exit_codes=codes,
         statuses=statuses,
+        announce_latency_s=None if announce is None else round(announce, 3),
     )
 
 
@@ -430,6 +448,7 @@ def print_table(results: list[RunResult]) -> None:
         "client p50/p99 ms",
         "server p50/p99 ms",
         "catalog lag s",
+        "arrived s",
         "listener RSS MB",
         "ingestion RSS MB",
         "fail",
@@ -454,6 +473,7 @@ def print_table(results: list[RunResult]) -> None:
                     if not r.catalog_complete
                     else f"{r.catalog_lag_s:.2f}"
                 ),
+                fmt(r.announce_latency_s),
                 fmt(r.listener_peak_rss_mb),
                 fmt(r.ingestion_peak_rss_mb),
                 str(r.failures),
@@ -541,6 +561,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra environment for the DevSuite, e.g. EDGE_MAX_PDU_SIZE=4194304",
     )
+    parser.add_argument(
+        "--amqp-url", help="broker of the running suite (with --endpoint): watch its events"
+    )
+    parser.add_argument(
+        "--stable-after",
+        type=float,
+        default=STABLE_AFTER,
+        help=f"EDGE_STABLE_AFTER of the suite, seconds [{STABLE_AFTER:g}; set on a DevSuite]",
+    )
+    parser.add_argument(
+        "--relay-events",
+        type=int,
+        default=20000,
+        help="events queued in the outbox at once to time the relay (0: skip) [20000]",
+    )
     return parser.parse_args(argv)
 
 
@@ -550,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edge-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     suite: DevSuite | None = None
+    target: Target | None = None
     info = machine()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     try:
@@ -558,11 +594,15 @@ def main(argv: list[str] | None = None) -> int:
             target = Target(
                 host, int(port), args.called_ae, args.metrics_url, args.database_url, {}
             )
+            if args.amqp_url:
+                target.events = EventWatcher(args.amqp_url).start()
+                target.stable_after = args.stable_after
             print(
                 f"sending to {args.endpoint} (register AE {CALLING_AE} with store permission there)"
             )
         else:
             extra = dict(item.split("=", 1) for item in args.suite_env)
+            extra.setdefault("EDGE_STABLE_AFTER", f"{args.stable_after:g}")
             suite = DevSuite(work / "suite", ae_title=args.called_ae, extra_env=extra)
             print(f"starting a DevSuite in {work / 'suite'} ...", flush=True)
             suite.start()
@@ -585,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"http://127.0.0.1:{suite.http_port}/metrics",
                 suite.database_url,
                 processes,
+                EventWatcher(suite.amqp_url).start(),
+                float(extra["EDGE_STABLE_AFTER"]),
             )
             print(
                 f"suite up: DICOM 127.0.0.1:{suite.dicom_port}, processes "
@@ -632,9 +674,23 @@ def main(argv: list[str] | None = None) -> int:
                 big = {"failures": 1, "error": repr(exc)}
             shutil.rmtree(work / "big", ignore_errors=True)
 
+        relay = None
+        if args.relay_events > 0 and target.events is not None and target.database_url:
+            print(f"relay: {args.relay_events} events queued in the outbox ...", flush=True)
+            relay = relay_throughput(target.database_url, target.events, args.relay_events)
+
         print()
         if results:
             print_table(results)
+            print(
+                f"arrived s: last C-STORE response to study.arrived at a subscriber, minus "
+                f"EDGE_STABLE_AFTER={target.stable_after:g} s"
+            )
+        if relay is not None:
+            print(
+                f"relay: {relay['events']} events in {relay['seconds']} s = "
+                f"{relay['events_per_s']} events/s (outbox to subscriber)"
+            )
         if big is not None and "error" not in big:
             print(
                 f"\nbig instance ({big['bytes'] / MB:.0f} MB): {big['seconds']} s, "
@@ -662,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
                         "suite_env": args.suite_env,
                         "runs": [asdict(r) for r in results],
                         "big": big,
+                        "relay": relay,
                     },
                     indent=2,
                 )
@@ -673,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = failed or bool(big["failures"]) or big["catalog_complete"] is False
         return 1 if failed else 0
     finally:
+        if target is not None and target.events is not None:
+            target.events.stop()
         if suite is not None:
             suite.stop()
         if not args.work_dir:
