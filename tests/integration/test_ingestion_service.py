@@ -128,3 +128,65 @@ async def test_redelivered_event_is_acked_without_a_second_row(
     await wait_until(indexed)
     await asyncio.sleep(0.5)
     assert await catalog.count_instances() == before + 1
+
+
+async def set_connections_allowed(database_url: str, allowed: bool) -> None:
+    """Take the catalog database away from every client, or give it back (a Postgres outage
+    for this database only: the shared server keeps running for everyone else)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = str(conninfo_to_dict(database_url)["dbname"])
+    maintenance = make_conninfo(database_url, dbname="postgres")
+    async with await psycopg.AsyncConnection.connect(maintenance, autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(name), sql.SQL("true" if allowed else "false")
+            )
+        )
+        if not allowed:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+
+
+async def test_database_outage_holds_messages_without_spending_their_delivery_limit(
+    running,
+    object_store: MinioObjectStore,
+    tmp_path: Path,
+    amqp_url: str,
+    database_url: str,  # type: ignore[no-untyped-def]
+) -> None:
+    service, bus, catalog = running
+    paths = generate_ct_study(tmp_path, series=1, per_series=4, rows=16, cols=16, seed=21)
+    events = [announce(object_store, p) for p in paths]
+    before = await catalog.count_instances()
+    await set_connections_allowed(database_url, False)
+    try:
+        for event in events:
+            await bus.publish(event)
+        # Well past the five deliveries a failing message would be allowed.
+        await asyncio.sleep(4)
+        assert await queue_depth(amqp_url, "ingestion.instance-received.dlq") == 0
+    finally:
+        await set_connections_allowed(database_url, True)
+
+    async def indexed() -> bool:
+        return await catalog.count_instances() == before + len(events)
+
+    await wait_until(indexed, timeout=60)
+    assert await queue_depth(amqp_url, "ingestion.instance-received.dlq") == 0
+    assert await queue_depth(amqp_url, "ingestion.instance-received") == 0
+
+
+async def queue_depth(amqp_url: str, name: str) -> int:
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
