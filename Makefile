@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TCP_NODELAY := 1
 
-.PHONY: run test unit integration e2e lint deploy-check bench clean
+.PHONY: run test unit integration e2e lint deploy-check bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ deploy-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+
+# docs/events.md and docs/asyncapi.yaml from the event models (a unit test fails when stale).
+docs: $(STAMP)
+	$(PY) -m edge.common.eventdocs
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

@@ -222,5 +222,44 @@ def echo(
     console.print(f"C-ECHO to {ae}@{host}:{port}: success")
 
 
+@app.command()
+def watch(
+    event_types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            metavar="EVENT",
+            help="event name or pattern (study.*); repeatable; default all",
+        ),
+    ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(metavar="NAME", help="durable quorum queue to resume from (default: private)"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one structured-mode CloudEvent per line")
+    ] = False,
+    count: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="N", help="exit after N events (exit 1 if fewer came)"),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, metavar="S", help="exit after S seconds")
+    ] = None,
+) -> None:
+    """Print the events on edge.events as they arrive; Ctrl-C stops."""
+    from edge.cli import watch as watching
+    from edge.common.settings import CommonSettings
+
+    options = watching.WatchOptions(
+        routing_keys=tuple(event_types or (watching.ALL,)),
+        queue=queue,
+        as_json=as_json,
+        count=count,
+        timeout=timeout,
+    )
+    raise typer.Exit(watching.run(CommonSettings().amqp_url, options, console))
+
+
 if __name__ == "__main__":  # `python -m edge.cli.main`, as the dev suite runs it
     app()
