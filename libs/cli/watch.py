@@ -33,12 +33,11 @@ from edge.common.events import (
     StudyArrived,
     StudyUpdated,
     from_parts,
+    to_structured,
 )
 
 ALL = "#"
 PREFETCH = 64
-# CloudEvents attributes in the order the spec lists them; extensions follow in name order.
-ATTRIBUTE_ORDER = ("specversion", "id", "source", "type", "time", "subject", "sequence")
 TRACE_CONTEXT = ("traceparent", "tracestate")  # W3C headers, not ce-*: the tracing SDK sets them
 
 
@@ -183,18 +182,15 @@ class Printer:
 
 
 def structured(headers: dict[str, Any], content_type: str | None, event: Event) -> dict[str, Any]:
-    """The event as a structured-mode CloudEvent: the ``ce-*`` headers as attributes, the W3C
-    trace context (distributed-tracing extension) if present, and the body as ``data``."""
-    attributes = {key[3:]: _text(value) for key, value in headers.items() if key.startswith("ce-")}
+    """The event as a structured-mode CloudEvent (the change feed's form, with the source it was
+    published by) plus the W3C trace context (distributed-tracing extension) if present."""
+    document = to_structured(event, _text(headers.get("ce-source")))
+    data = document.pop("data")
+    document["datacontenttype"] = content_type or CONTENT_TYPE
     for key in TRACE_CONTEXT:
         if key in headers:
-            attributes[key] = _text(headers[key])
-    ordered = sorted(attributes, key=lambda k: (k not in ATTRIBUTE_ORDER, _rank(k), k))
-    return {
-        **{key: attributes[key] for key in ordered},
-        "datacontenttype": content_type or CONTENT_TYPE,
-        "data": event.data(),
-    }
+            document[key] = _text(headers[key])
+    return {**document, "data": data}
 
 
 def summary_line(event: Event) -> Text:
@@ -244,10 +240,6 @@ SUMMARIES: dict[type[Event], Callable[[Any], str]] = {
     StudyUpdated: _updated,
     AeChanged: lambda e: f"{e.ae_title} {e.change}",
 }
-
-
-def _rank(key: str) -> int:
-    return ATTRIBUTE_ORDER.index(key) if key in ATTRIBUTE_ORDER else 0
 
 
 def _text(value: Any) -> str:

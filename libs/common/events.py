@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,16 +52,16 @@ class InstanceReceived(Event):
 
     name: ClassVar[str] = "instance.received"
 
-    study_uid: UID
-    series_uid: UID
-    sop_instance_uid: UID
-    sop_class_uid: UID
-    transfer_syntax_uid: UID
-    object_key: str
-    size: int
-    sha256: str
-    calling_ae: str
-    called_ae: str
+    study_uid: UID = Field(description="Study Instance UID (0020,000D).")
+    series_uid: UID = Field(description="Series Instance UID (0020,000E).")
+    sop_instance_uid: UID = Field(description="SOP Instance UID (0008,0018).")
+    sop_class_uid: UID = Field(description="SOP Class UID (0008,0016).")
+    transfer_syntax_uid: UID = Field(description="Transfer syntax the object is stored in.")
+    object_key: str = Field(description="S3 key of the instance in the suite's bucket.")
+    size: int = Field(ge=0, description="Size of the stored Part-10 object in bytes.")
+    sha256: str = Field(description="SHA-256 of the stored object, hex.")
+    calling_ae: str = Field(description="Calling AE title of the association that sent it.")
+    called_ae: str = Field(description="Called AE title (ours) of that association.")
 
 
 class CatalogEvent(Event):
@@ -83,11 +83,11 @@ class InstanceStored(CatalogEvent):
 
     name: ClassVar[str] = "instance.stored"
 
-    study_uid: UID
-    series_uid: UID
-    sop_instance_uid: UID
-    sop_class_uid: UID
-    transfer_syntax_uid: UID
+    study_uid: UID = Field(description="Study Instance UID (0020,000D).")
+    series_uid: UID = Field(description="Series Instance UID (0020,000E).")
+    sop_instance_uid: UID = Field(description="SOP Instance UID (0008,0018).")
+    sop_class_uid: UID = Field(description="SOP Class UID (0008,0016).")
+    transfer_syntax_uid: UID = Field(description="Transfer syntax the object is stored in.")
     modality: str | None = Field(description="Modality of the series (0008,0060), if present.")
     object_key: str = Field(description="S3 key of the instance in the suite's bucket.")
     size: int = Field(ge=0, description="Size of the stored Part-10 object in bytes.")
@@ -109,10 +109,10 @@ class SeriesSummary(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    series_uid: UID
-    modality: str | None
+    series_uid: UID = Field(description="Series Instance UID (0020,000E).")
+    modality: str | None = Field(description="Modality (0008,0060) of the series, if present.")
     sop_class_uids: list[UID] = Field(description="Distinct SOP Class UIDs, sorted.")
-    instance_count: int = Field(ge=0)
+    instance_count: int = Field(ge=0, description="Instances in the series.")
     bytes: int = Field(ge=0, description="Sum of the instances' object sizes.")
 
 
@@ -124,13 +124,13 @@ class StudyArrived(CatalogEvent):
 
     name: ClassVar[str] = "study.arrived"
 
-    study_uid: UID
+    study_uid: UID = Field(description="Study Instance UID (0020,000D).")
     series: list[SeriesSummary] = Field(description="Every series, by Series Instance UID.")
     modalities: list[str] = Field(description="Distinct modalities of the series, sorted.")
     sop_class_uids: list[UID] = Field(description="Distinct SOP Class UIDs, sorted.")
-    series_count: int = Field(ge=0)
-    instance_count: int = Field(ge=0)
-    bytes: int = Field(ge=0)
+    series_count: int = Field(ge=0, description="Series in the study.")
+    instance_count: int = Field(ge=0, description="Instances in the study.")
+    bytes: int = Field(ge=0, description="Sum of the instances' object sizes.")
     object_key_prefix: str = Field(description="S3 key prefix of every object of the study.")
     first_received_at: datetime = Field(description="When the first instance was received.")
     last_received_at: datetime = Field(description="When the latest instance was received.")
@@ -146,8 +146,10 @@ class StudyChanges(BaseModel):
     series_changed: list[UID] = Field(
         description="Series already announced whose instances were added or replaced."
     )
-    instances_added: int = Field(ge=0)
-    instances_replaced: int = Field(ge=0)
+    instances_added: int = Field(ge=0, description="Instances new since the last announcement.")
+    instances_replaced: int = Field(
+        ge=0, description="Instances that arrived again with other bytes since then."
+    )
     bytes_added: int = Field(description="Change of the study's total size (may be negative).")
     previous_sequence: int | None = Field(
         description="Sequence of the announcement this one follows."
@@ -169,8 +171,8 @@ class AeChanged(Event):
 
     name: ClassVar[str] = "ae.changed"
 
-    ae_title: str
-    change: str  # "added" | "updated" | "removed"
+    ae_title: str = Field(description="The remote AE title whose registry entry changed.")
+    change: Literal["added", "updated", "removed"] = Field(description="What happened to it.")
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -240,5 +242,8 @@ def from_parts(headers: dict[str, Any], body: bytes) -> Event:
 
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
-        return value.decode()
+        try:
+            return value.decode()
+        except UnicodeDecodeError as exc:
+            raise UndecodableMessage(f"header is not UTF-8: {value[:40]!r}") from exc
     return "" if value is None else str(value)
