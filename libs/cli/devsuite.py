@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,19 +40,22 @@ def dcmtk(tool: str) -> str:
     raise FileNotFoundError(f"DCMTK's {tool} is not installed (apt-get install dcmtk)")
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+def _rabbitmqctl(*args: str, node: Sequence[str] = ()) -> None:
+    subprocess.run(["rabbitmqctl", *node, *args], check=True, capture_output=True, timeout=60)
 
 
-def create_vhost(name: str) -> None:
-    """A RabbitMQ virtual host of its own, open to guest: isolation for one suite or module."""
-    _rabbitmqctl("add_vhost", name)
-    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+def create_vhost(name: str, node: Sequence[str] = ()) -> None:
+    """A RabbitMQ virtual host of its own, open to guest: isolation for one suite or module.
+
+    ``node``: global ``rabbitmqctl`` options naming another node than the local default one.
+    """
+    _rabbitmqctl("add_vhost", name, node=node)
+    _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*", node=node)
 
 
-def delete_vhost(name: str) -> None:
+def delete_vhost(name: str, node: Sequence[str] = ()) -> None:
     """Remove a virtual host and everything in it (absent is fine)."""
-    subprocess.run(["rabbitmqctl", "delete_vhost", name], capture_output=True, timeout=60)
+    subprocess.run(["rabbitmqctl", *node, "delete_vhost", name], capture_output=True, timeout=60)
 
 
 @dataclass
@@ -63,6 +67,10 @@ class DevSuite:
     extra_env: dict[str, str] = field(default_factory=dict)
     name: str = field(default_factory=lambda: f"edge_{uuid.uuid4().hex[:10]}")
     process: subprocess.Popen[bytes] | None = None
+    # Another broker than the local one (a test's private node): its AMQP URL without a vhost,
+    # and the global rabbitmqctl options that reach it (e.g. ``-n node --erlang-cookie c``).
+    amqp_base: str = AMQP_BASE
+    rabbitmqctl_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         (
@@ -74,7 +82,7 @@ class DevSuite:
             self.s3_port,
         ) = free_ports(6)
         self.vhost = self.name
-        self.amqp_url = f"{AMQP_BASE}/{self.vhost}"
+        self.amqp_url = f"{self.amqp_base}/{self.vhost}"
         self.database_url = f"{PG_BASE}/{self.name}"
         self.bucket = self.name.replace("_", "-")
         self.s3_endpoint = f"127.0.0.1:{self.s3_port}"
@@ -114,7 +122,7 @@ class DevSuite:
 
     def start(self, timeout: float = 90.0) -> DevSuite:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        create_vhost(self.vhost)
+        create_vhost(self.vhost, self.rabbitmqctl_args)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -150,7 +158,7 @@ class DevSuite:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        delete_vhost(self.vhost)
+        delete_vhost(self.vhost, self.rabbitmqctl_args)
         try:
             with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

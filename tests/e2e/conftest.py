@@ -6,6 +6,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -91,7 +92,16 @@ class Client:
 
     def queue_depth(self, queue: str = "ingestion.instance-received") -> int:
         out = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "-p", self.suite.vhost, "name", "messages"],
+            [
+                "rabbitmqctl",
+                *self.suite.rabbitmqctl_args,
+                "-q",
+                "list_queues",
+                "-p",
+                self.suite.vhost,
+                "name",
+                "messages",
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -104,8 +114,9 @@ class Client:
         raise LookupError(queue)
 
 
-def start_suite(tmp: Path) -> DevSuite:
-    suite = DevSuite(tmp).start()
+def start_suite(tmp: Path, **options: Any) -> DevSuite:
+    """A running suite with STORESCU registered; ``options`` go to :class:`DevSuite`."""
+    suite = DevSuite(tmp, **options).start()
     suite.edge(
         "ae", "add", STORE_AE, "--host", "127.0.0.1", "--port", "11119", "--allow", "echo,store"
     )
