@@ -4,14 +4,21 @@ Reliability choices are spelled out here rather than left to a broker version's 
 durable quorum queues with an explicit ``x-delivery-limit`` and a dead-letter queue per consumer,
 persistent messages, publisher confirms and ``mandatory`` publishing (an unroutable event is an
 error, not a silent drop).
+
+Every publish is a PRODUCER span whose context travels in the message's headers (W3C
+``traceparent``); every delivery runs its handler inside a CONSUMER span that continues that
+trace. Metrics: events confirmed per event name, publish-to-confirm time, queue lag (now minus
+``ce-time``) per queue, and handling time per queue and outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aio_pika
@@ -21,6 +28,9 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+from prometheus_client import Counter, Histogram
 
 from edge.common.events import (
     CONTENT_TYPE,
@@ -30,8 +40,32 @@ from edge.common.events import (
     to_body,
     to_headers,
 )
+from edge.common.tracing import extract, inject, record_failure, safe_attributes
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+EVENTS_PUBLISHED = Counter(
+    "edge_events_published_total", "Events the broker confirmed, by event name", ["event"]
+)
+PUBLISH_SECONDS = Histogram(
+    "edge_event_publish_seconds",
+    "Publish to broker confirm (or failure), by event name and outcome",
+    ["event", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+QUEUE_LAG_SECONDS = Histogram(
+    "edge_queue_lag_seconds",
+    "Event time (ce-time) to the consumer taking the delivery, by queue",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+HANDLE_SECONDS = Histogram(
+    "edge_event_handle_seconds",
+    "Delivery to settlement (ack, dead-letter or requeue), by queue and outcome",
+    ["queue", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 EXCHANGE = "edge.events"
 DEAD_LETTER_EXCHANGE = "edge.dead-letter"
@@ -150,20 +184,47 @@ class AioPikaBus:
         (``GET /api/changes``) keeps every one of them for whoever comes later.
         """
         assert self._exchange is not None
-        message = aio_pika.Message(
-            body=to_body(event),
-            headers={**to_headers(event, self._source), **(headers or {})},
-            content_type=CONTENT_TYPE,
-            message_id=str(event.id),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        body = to_body(event)
+        attributes = safe_attributes(
+            {
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": EXCHANGE,
+                "messaging.rabbitmq.destination.routing_key": event.name,
+                "messaging.message.id": str(event.id),
+                "messaging.message.body.size": len(body),
+                "edge.event": event.name,
+                "dicom.study_uid": event.subject(),
+            }
         )
-        try:
-            await asyncio.wait_for(
-                self._exchange.publish(message, routing_key=event.name, mandatory=mandatory),
-                self._timeout,
+        with tracer.start_as_current_span(
+            f"publish {event.name}",
+            kind=SpanKind.PRODUCER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            message_headers: dict[str, Any] = {**to_headers(event, self._source), **(headers or {})}
+            inject(message_headers)  # this span becomes the consumer's parent
+            message = aio_pika.Message(
+                body=body,
+                headers=message_headers,
+                content_type=CONTENT_TYPE,
+                message_id=str(event.id),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
-        except Exception as exc:  # broker down, nack, return, timeout: all mean "not durable"
-            raise BusError(f"publish of {event.name} not confirmed: {exc!r}") from exc
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(
+                    self._exchange.publish(message, routing_key=event.name, mandatory=mandatory),
+                    self._timeout,
+                )
+            except Exception as exc:  # broker down, nack, return, timeout: all mean "not durable"
+                PUBLISH_SECONDS.labels(event.name, "failed").observe(time.monotonic() - started)
+                record_failure(span, exc)
+                raise BusError(f"publish of {event.name} not confirmed: {exc!r}") from exc
+            PUBLISH_SECONDS.labels(event.name, "confirmed").observe(time.monotonic() - started)
+            EVENTS_PUBLISHED.labels(event.name).inc()
 
     async def dead_letter(
         self, queue: ConsumerQueue, message: AbstractIncomingMessage, reason: str
@@ -254,23 +315,64 @@ class Consumer:
                 self._in_flight.discard(task)
 
     async def _settle(self, message: AbstractIncomingMessage) -> None:
+        """Handle one delivery inside a CONSUMER span that continues the publisher's trace."""
+        headers = dict(message.headers or {})
+        started = time.monotonic()
+        lag = _queue_lag(headers)
+        if lag is not None:
+            QUEUE_LAG_SECONDS.labels(self.queue.name).observe(lag)
+        attributes = safe_attributes(
+            {
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": EXCHANGE,
+                "messaging.rabbitmq.destination.routing_key": message.routing_key,
+                "messaging.message.id": _text(headers.get("ce-id")) or None,
+                "edge.queue": self.queue.name,
+                "edge.event.type": _text(headers.get("ce-type")) or None,
+                "edge.delivery_count": _delivery_count(message) + 1,
+                "dicom.study_uid": _text(headers.get("ce-subject")) or None,
+            }
+        )
+        with tracer.start_as_current_span(
+            f"process {self.queue.name}",
+            context=extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            outcome = "failed"
+            try:
+                outcome = await self._handle(message, headers, span)
+            finally:
+                span.set_attribute("edge.outcome", outcome)
+                HANDLE_SECONDS.labels(self.queue.name, outcome).observe(time.monotonic() - started)
+
+    async def _handle(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any], span: Span
+    ) -> str:
+        """Run the handler and settle the message; return how it was settled."""
         try:
-            event = from_parts(dict(message.headers or {}), message.body)
+            event = from_parts(headers, message.body)
         except UndecodableMessage as exc:
+            record_failure(span, exc)
             await self._dead_letter(message, f"undecodable: {exc}")
-            return
+            return "dead-lettered"
         delays = iter(self.retry.delays())
         while True:
             try:
                 await self.handler(event)
             except BadMessage as exc:
+                record_failure(span, exc)
                 await self._dead_letter(message, str(exc))
-                return
+                return "dead-lettered"
             except TransientError as exc:
                 if self.stopping.is_set():
                     await message.nack(requeue=True)
-                    return
+                    return "requeued"
                 delay = next(delays)
+                span.add_event("retry", safe_attributes({"error.type": type(exc).__name__}))
                 log.warning(
                     "%s: transient failure, retry in %.1fs: %s", self.queue.name, delay, exc
                 )
@@ -280,15 +382,16 @@ class Consumer:
                     pass
                 continue
             except Exception as exc:
+                record_failure(span, exc)
                 log.exception("%s: handler failed on %s", self.queue.name, message.message_id)
                 count = _delivery_count(message)
                 if count + 1 >= self.queue.delivery_limit:
                     await self._dead_letter(message, f"failed {count + 1} times: {exc!r}")
-                else:
-                    await message.nack(requeue=True)
-                return
+                    return "dead-lettered"
+                await message.nack(requeue=True)
+                return "requeued"
             await message.ack()
-            return
+            return "acked"
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.error("%s: dead-lettering %s: %s", self.queue.name, message.message_id, reason)
@@ -311,6 +414,23 @@ async def close_bounded(awaitable: Awaitable[Any], timeout: float) -> None:
         await asyncio.wait_for(awaitable, timeout)
     except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
         log.warning("close did not complete cleanly: %r", exc)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _queue_lag(headers: dict[str, Any]) -> float | None:
+    """Seconds from the event's ``ce-time`` to now (None without a readable time)."""
+    try:
+        sent = datetime.fromisoformat(_text(headers.get("ce-time")))
+    except ValueError:
+        return None
+    if sent.tzinfo is None:
+        return None
+    return max(0.0, (datetime.now(UTC) - sent).total_seconds())
 
 
 def _delivery_count(message: AbstractIncomingMessage) -> int:

@@ -4,6 +4,9 @@ A request carries its deadline (``x-deadline``, epoch milliseconds as an integer
 header may travel as a 32-bit float, which cannot hold an epoch time to the second) and a
 matching per-message TTL, so a server never works on a request whose caller has given up. The
 caller maps a timeout to the failure a peer expects, never to an empty success.
+
+Requests carry the caller's trace context (W3C ``traceparent`` header): a call is a CLIENT span
+``rpc <operation>`` and the server's handling a SERVER span of the same name under it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from edge.common.bus import close_bounded
+from edge.common.tracing import extract, inject, record_failure, safe_attributes
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 DEADLINE_HEADER = "x-deadline"
@@ -56,6 +63,17 @@ async def _close(channel: AbstractChannel | None, timeout: float) -> None:
         await close_bounded(channel.close(), timeout)
 
 
+def _span_attributes(operation: str) -> dict[str, str | bool | int | float]:
+    return safe_attributes(
+        {
+            "rpc.system": "rabbitmq",
+            "rpc.method": operation,
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": request_queue(operation),
+        }
+    )
+
+
 def _int_header(value: object) -> int:
     try:
         return int(value)  # type: ignore[call-overload]
@@ -87,12 +105,21 @@ class RpcServer:
                 if deadline_ms and time.time() * 1000 > deadline_ms:
                     return  # the caller has given up; answering would only be noise
                 headers: dict[str, Any] = {}
-                try:
-                    reply = await handler(json.loads(message.body))
-                except Exception as exc:
-                    log.exception("rpc %s failed", operation)
-                    headers[ERROR_HEADER] = type(exc).__name__
-                    reply = {"error": str(exc)}
+                with tracer.start_as_current_span(
+                    f"rpc {operation}",
+                    context=extract(message.headers),
+                    kind=SpanKind.SERVER,
+                    attributes=_span_attributes(operation),
+                    record_exception=False,
+                    set_status_on_exception=False,
+                ) as span:
+                    try:
+                        reply = await handler(json.loads(message.body))
+                    except Exception as exc:
+                        record_failure(span, exc)
+                        log.exception("rpc %s failed", operation)
+                        headers[ERROR_HEADER] = type(exc).__name__
+                        reply = {"error": str(exc)}
                 if message.reply_to and self._channel is not None:
                     await self._channel.default_exchange.publish(
                         aio_pika.Message(
@@ -136,9 +163,25 @@ class RpcClient:
         self, operation: str, payload: Payload, *, timeout: float | None = None
     ) -> Payload:
         """Call ``operation`` and return its reply; raise RpcTimeout or RpcError."""
+        with tracer.start_as_current_span(
+            f"rpc {operation}",
+            kind=SpanKind.CLIENT,
+            attributes=_span_attributes(operation),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await self._call(operation, payload, timeout)
+            except RpcError as exc:
+                record_failure(span, exc)
+                raise
+
+    async def _call(self, operation: str, payload: Payload, timeout: float | None) -> Payload:
         if self._channel is None or self._channel.is_closed:
             raise RpcTimeout(f"rpc {operation}: no channel to the broker")
         timeout = self._timeout if timeout is None else timeout
+        headers: dict[str, Any] = {DEADLINE_HEADER: int((time.time() + timeout) * 1000)}
+        inject(headers)
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
@@ -151,7 +194,7 @@ class RpcClient:
                         reply_to=REPLY_TO,
                         content_type="application/json",
                         expiration=timeout,
-                        headers={DEADLINE_HEADER: int((time.time() + timeout) * 1000)},
+                        headers=headers,
                     ),
                     routing_key=request_queue(operation),
                 ),

@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from edge.common.store import ObjectStore
 from edge.common.telemetry import configure_telemetry
+from edge.common.tracing import shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,13 @@ class ServiceSettings(Protocol):
 
 
 def run_service(name: str, settings: S, bootstrap: Callable[[S], Service]) -> None:
-    """``python -m edge.<name>``: logging, then the service and its HTTP server until SIGTERM."""
+    """``python -m edge.<name>``: logging and tracing, then the service and its HTTP server until
+    SIGTERM; spans still batched are exported before the process ends."""
     configure_telemetry(name, settings.log_level)
-    asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
+    try:
+        asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
+    finally:
+        shutdown_tracing()
 
 
 async def serve(service: Service, http_host: str, http_port: int) -> None:

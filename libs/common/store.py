@@ -6,6 +6,9 @@ The port is synchronous on purpose: pynetdicom calls handlers from its own threa
 reaches it through ``asyncio.to_thread``. Every infrastructure failure surfaces as
 ``ObjectStoreError`` so callers can map it to one DICOM or HTTP failure status; a missing object is
 not a failure of the store and surfaces as ``None`` (``stat``) or ``ObjectNotFound``.
+
+Each call of the S3 adapter that touches an object is a CLIENT span ``S3.<Operation>``
+(``S3.PutObject``, ``S3.GetObject``...) carrying the bucket, the key and the size.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ import urllib3
 from minio import Minio
 from minio import time as minio_time
 from minio.error import MinioException, S3Error
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from edge.common.tracing import AttributeValue, record_failure, safe_attributes
 
 if TYPE_CHECKING:
     from edge.common.settings import CommonSettings
@@ -40,6 +47,7 @@ OBJECT_META_CALLED_AE = "called-ae"
 OBJECT_META_TRANSFER_SYNTAX = "transfer-syntax"
 _META_PREFIX = "x-amz-meta-"
 _Headers = dict[str, str | list[str] | tuple[str]]  # the SDK's metadata type
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,38 @@ class MinioObjectStore:
             part_size=settings.s3_part_size,
         )
 
+    def _span_attributes(
+        self, operation: str, key: str, size: int | None = None
+    ) -> dict[str, AttributeValue]:
+        return safe_attributes(
+            {
+                "rpc.system": "aws-api",
+                "rpc.service": "S3",
+                "rpc.method": operation,
+                "aws.s3.bucket": self.bucket,
+                "aws.s3.key": key,
+                "edge.object.size": size,
+            }
+        )
+
+    @contextmanager
+    def _span(self, operation: str, key: str, size: int | None = None) -> Iterator[Span]:
+        """A CLIENT span for one S3 operation on ``key``; failures marked by exception type."""
+        with tracer.start_as_current_span(
+            f"S3.{operation}",
+            kind=SpanKind.CLIENT,
+            attributes=self._span_attributes(operation, key, size),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except ObjectNotFound:
+                raise  # an answer, not a failure of the store
+            except Exception as exc:
+                record_failure(span, exc)
+                raise
+
     @contextmanager
     def _errors(self, action: str, key: str = "") -> Iterator[None]:
         where = f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
@@ -295,14 +335,20 @@ class MinioObjectStore:
         """
         validate_key(key)
         size = path.stat().st_size
-        if size <= self.part_size:
-            return self.put_bytes(
-                key,
-                path.read_bytes(),
-                sha256=sha256,
-                content_type=content_type,
-                metadata=metadata,
-            )
+        with self._span("PutObject", key, size):
+            if size <= self.part_size:
+                return self._put_bytes(key, path.read_bytes(), sha256, content_type, metadata)
+            return self._put_large_file(key, path, size, sha256, content_type, metadata)
+
+    def _put_large_file(
+        self,
+        key: str,
+        path: Path,
+        size: int,
+        sha256: str | None,
+        content_type: str,
+        metadata: Mapping[str, str] | None,
+    ) -> StoredObject:
         if sha256 is None:
             sha256 = sha256_file(path)
         with open(path, "rb") as f:
@@ -336,6 +382,17 @@ class MinioObjectStore:
     ) -> StoredObject:
         """Store bytes already in memory; ``sha256`` is computed when not given."""
         validate_key(key)
+        with self._span("PutObject", key, len(data)):
+            return self._put_bytes(key, data, sha256, content_type, metadata)
+
+    def _put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        sha256: str | None,
+        content_type: str,
+        metadata: Mapping[str, str] | None,
+    ) -> StoredObject:
         digest = hashlib.sha256(data).digest()
         actual = digest.hex()
         if sha256 is not None and sha256 != actual:
@@ -368,7 +425,7 @@ class MinioObjectStore:
         check_range(offset, length)
         if length == 0:
             return b""  # the SDK reads length=0 as "to the end"
-        with self._errors("get", key):
+        with self._span("GetObject", key), self._errors("get", key):
             try:
                 response = self._client.get_object(self.bucket, key, offset=offset, length=length)
             except S3Error as exc:
@@ -391,7 +448,7 @@ class MinioObjectStore:
         """
         validate_key(key)
         check_range(1, length)
-        with self._errors("get", key):
+        with self._span("GetObject", key), self._errors("get", key):
             try:
                 response = self._client.get_object(self.bucket, key, offset=0, length=length)
             except S3Error as exc:
@@ -417,6 +474,22 @@ class MinioObjectStore:
     def iter_chunks(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         """Stream the whole object; the connection goes back to the pool when the loop ends."""
         validate_key(key)
+        # Not the current span: a generator that yields while a context is attached would leak
+        # it into the consumer's code between chunks.
+        span = tracer.start_span(
+            "S3.GetObject", kind=SpanKind.CLIENT, attributes=self._span_attributes("GetObject", key)
+        )
+        try:
+            yield from self._iter_chunks(key, chunk_size)
+        except ObjectNotFound:
+            raise
+        except Exception as exc:
+            record_failure(span, exc)
+            raise
+        finally:
+            span.end()
+
+    def _iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
         with self._errors("get", key):
             try:
                 response = self._client.get_object(self.bucket, key)
@@ -433,7 +506,7 @@ class MinioObjectStore:
     def stat(self, key: str) -> StoredObject | None:
         """The object's size, checksum and date, or None when it does not exist."""
         validate_key(key)
-        with self._errors("stat", key):
+        with self._span("HeadObject", key), self._errors("stat", key):
             try:
                 obj = self._client.stat_object(self.bucket, key)
             except S3Error as exc:
@@ -457,7 +530,7 @@ class MinioObjectStore:
     def delete(self, key: str) -> None:
         """Remove the object; an absent object is not an error (S3 semantics)."""
         validate_key(key)
-        with self._errors("delete", key):
+        with self._span("DeleteObject", key), self._errors("delete", key):
             self._client.remove_object(self.bucket, key)
 
     def list(self, prefix: str) -> Iterator[StoredObject]:

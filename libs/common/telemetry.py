@@ -1,4 +1,4 @@
-"""Logging as JSON lines (and, with the events issue, OpenTelemetry), one call per service."""
+"""Logging as JSON lines and OpenTelemetry tracing, one call per service."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
+from edge.common.tracing import configure_tracing
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line. Messages carry UIDs and AE titles, never demographics."""
+    """One JSON object per line. Messages carry UIDs and AE titles, never demographics.
+
+    A line logged inside a span carries the span's ``trace_id`` and ``span_id`` (hex, as trace
+    back ends show them), so logs and traces meet on one id.
+    """
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -23,13 +31,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # Handlers format in the thread that logs, so the current span is the record's.
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = trace.format_trace_id(context.trace_id)
+            entry["span_id"] = trace.format_span_id(context.span_id)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
 def configure_telemetry(service: str, level: str = "INFO") -> None:
-    """Configure logging for ``service``; called by every bootstrap."""
+    """Configure logging and tracing (``OTEL_*``, see ``edge.common.tracing``) for ``service``;
+    called by every service's entry point."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
@@ -39,3 +53,4 @@ def configure_telemetry(service: str, level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    configure_tracing(service)
