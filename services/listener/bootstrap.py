@@ -6,9 +6,11 @@ import asyncio
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Coroutine
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
+from opentelemetry import context as otel_context
 from starlette.routing import BaseRoute
 
 from edge.common.admission import Admission
@@ -17,11 +19,13 @@ from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, 
 from edge.common.rpc import RpcClient
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
+from edge.common.tracing import in_context
 from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
 from edge.listener.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ListenerService:
@@ -45,16 +49,21 @@ class ListenerService:
 
     # -- blocking bridges, called from pynetdicom's association threads -------------------------
 
-    def _admit(self, calling_ae: str, address: str) -> Admission:
-        assert self._loop is not None and self._cache is not None
-        future = asyncio.run_coroutine_threadsafe(
-            self._cache.admit(calling_ae, address), self._loop
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run ``coro`` on the service's loop under the calling thread's trace context."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(
+            in_context(coro, otel_context.get_current()), self._loop
         )
+
+    def _admit(self, calling_ae: str, address: str) -> Admission:
+        assert self._cache is not None
+        future = self._on_loop(self._cache.admit(calling_ae, address))
         return future.result(self.settings.rpc_timeout + 1)
 
     def _publish(self, event: InstanceReceived, timeout: float) -> None:
-        assert self._loop is not None and self.bus is not None
-        future = asyncio.run_coroutine_threadsafe(self.bus.publish(event), self._loop)
+        assert self.bus is not None
+        future = self._on_loop(self.bus.publish(event))
         try:
             future.result(timeout)
         except TimeoutError:

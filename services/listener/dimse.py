@@ -2,17 +2,23 @@
 
 pynetdicom runs each association in a thread of its own; the handlers here block that thread
 (S3 upload, confirmed publish), which is what lets several associations proceed at once.
+
+Tracing: a span per association (``DICOM association``, see ``spans.py``) and, under it, a span
+per C-STORE (``C-STORE``) whose children are the S3 put and the confirmed publish.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -29,16 +35,20 @@ from edge.common.dimse import (
     set_nodelay,
 )
 from edge.common.store import ObjectStore
+from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.spans import association_context, end_association, start_association
 from edge.listener.storage_scp import Publish, StoreRequest, StoreResult, store_instance
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # Received data sets go to a spool file, never to memory (pynetdicom >= 2.0).
 _config.STORE_RECV_CHUNKED_DATASET = True
 
 C_STORE_SECONDS = Histogram(
     "edge_cstore_seconds",
-    "C-STORE handling time (spooled file to response)",
+    "C-STORE handling time (spooled file to response), by response status",
+    ["status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 C_STORE_BYTES = Histogram(
@@ -71,10 +81,15 @@ class AdmittingACSE(ACSE):
         calling = str(request.calling_ae_title).strip()
         called = str(request.called_ae_title).strip()
         address = str(self.assoc.requestor.address)
+        span = start_association(self.assoc, calling, called)
         if called != self._ae_title:
             return self._reject(REJECT_CALLED_AE, f"called AE {called!r} is not ours")
         try:
-            decision = self._admit(calling, address)
+            # The admission RPC (or cache hit) runs under the association's span.
+            with trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                decision = self._admit(calling, address)
         except Exception as exc:  # auth unreachable: refuse for now, the peer may retry
             log.error("admission check failed for %s: %s", calling, exc)
             return self._reject(REJECT_TRANSIENT, "admission unavailable")
@@ -90,6 +105,7 @@ class AdmittingACSE(ACSE):
     def _reject(self, rsd: tuple[int, int, int], reason: str) -> None:
         log.warning("association rejected: %s", reason)
         ASSOCIATIONS.labels("rejected").inc()
+        end_association(self.assoc, "rejected")
         self.send_reject(*rsd)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
@@ -111,6 +127,21 @@ def on_conn_open(event: evt.Event, admit: Admit, ae_title: str) -> None:
         event.assoc.acse = AdmittingACSE(event.assoc, admit, ae_title)
 
 
+def on_released(event: evt.Event) -> None:
+    """EVT_RELEASED: the association's span ends (A-RELEASE, PS3.8 7.2)."""
+    end_association(event.assoc, "released")
+
+
+def on_aborted(event: evt.Event) -> None:
+    """EVT_ABORTED: the association's span ends as failed (A-ABORT / A-P-ABORT, PS3.8 7.3-7.4)."""
+    end_association(event.assoc, "aborted", failed=True)
+
+
+def on_conn_close(event: evt.Event) -> None:
+    """EVT_CONN_CLOSE: the connection went without release or abort: end the span anyway."""
+    end_association(event.assoc, "closed")
+
+
 def on_c_echo(event: evt.Event) -> int:
     """C-ECHO (PS3.4 A.4): success for any admitted association."""
     return Status.SUCCESS
@@ -118,16 +149,31 @@ def on_c_echo(event: evt.Event) -> int:
 
 def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
     """C-STORE (PS3.4 B.2): the spooled instance is made durable and announced, or refused."""
+    started = time.monotonic()
     command = cast(C_STORE, event.request)
-    with C_STORE_SECONDS.time():
-        request = StoreRequest(
-            path=Path(event.dataset_path),
-            sop_class_uid=str(command.AffectedSOPClassUID or ""),
-            sop_instance_uid=str(command.AffectedSOPInstanceUID or ""),
-            calling_ae=str(event.assoc.requestor.ae_title).strip(),
-            called_ae=str(event.assoc.acceptor.ae_title).strip(),
-            permissions=getattr(event.assoc, "edge_permissions", frozenset()),
-        )
+    request = StoreRequest(
+        path=Path(event.dataset_path),
+        sop_class_uid=str(command.AffectedSOPClassUID or ""),
+        sop_instance_uid=str(command.AffectedSOPInstanceUID or ""),
+        calling_ae=str(event.assoc.requestor.ae_title).strip(),
+        called_ae=str(event.assoc.acceptor.ae_title).strip(),
+        permissions=getattr(event.assoc, "edge_permissions", frozenset()),
+    )
+    with tracer.start_as_current_span(
+        "C-STORE",
+        context=association_context(event.assoc),
+        kind=SpanKind.SERVER,
+        attributes=safe_attributes(
+            {
+                "dicom.calling_ae": request.calling_ae,
+                "dicom.called_ae": request.called_ae,
+                "dicom.sop_class_uid": request.sop_class_uid,
+                "dicom.sop_instance_uid": request.sop_instance_uid,
+            }
+        ),
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
         try:
             result = store_instance(
                 request,
@@ -137,19 +183,25 @@ def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
                 deadline=deps.deadline,
                 uploads=deps.uploads,
             )
-        except Exception:  # a bug of ours: say so plainly rather than pynetdicom's 0xC211
+        except Exception as exc:  # a bug of ours: say so plainly rather than pynetdicom's 0xC211
+            record_failure(span, exc)
             log.exception("C-STORE handler failed for %s", request.sop_instance_uid)
             result = StoreResult(Status.PROCESSING_FAILURE, "internal error")
-    C_STORE_STATUS.labels(f"0x{result.status:04X}").inc()
+        status_label = f"0x{result.status:04X}"
+        span.set_attributes(safe_attributes({"dicom.status": status_label}))
+        if result.status != Status.SUCCESS:
+            span.set_status(StatusCode.ERROR, status_label)
+            # Logged inside the span, so the line carries the C-STORE's trace id.
+            log.warning(
+                "C-STORE from %s refused with 0x%04X: %s",
+                request.calling_ae,
+                result.status,
+                result.comment,
+            )
+    C_STORE_SECONDS.labels(status_label).observe(time.monotonic() - started)
+    C_STORE_STATUS.labels(status_label).inc()
     if result.status == Status.SUCCESS:
         C_STORE_BYTES.observe(result.size)
-    else:
-        log.warning(
-            "C-STORE from %s refused with 0x%04X: %s",
-            request.calling_ae,
-            result.status,
-            result.comment,
-        )
     status = Dataset()
     status.Status = int(result.status)
     if result.comment:
@@ -183,6 +235,9 @@ def event_handlers(admit: Admit, ae_title: str, deps: StoreDeps) -> list[Any]:
     """The listener's DIMSE handlers in one list, pynetdicom's idiom."""
     return [
         (evt.EVT_CONN_OPEN, on_conn_open, [admit, ae_title]),
+        (evt.EVT_RELEASED, on_released),
+        (evt.EVT_ABORTED, on_aborted),
+        (evt.EVT_CONN_CLOSE, on_conn_close),
         (evt.EVT_C_ECHO, on_c_echo),
         (evt.EVT_C_STORE, on_c_store, [deps]),
     ]

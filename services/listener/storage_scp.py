@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentelemetry import trace
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -28,6 +29,7 @@ from edge.common.store import (
     ObjectStoreError,
     StoredObject,
 )
+from edge.common.tracing import carry_context, safe_attributes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,10 @@ def _put(
         return store.put_file(key, path, metadata=metadata)
     if timeout <= 0:
         raise TimeoutError
-    return uploads.submit(store.put_file, key, path, metadata=metadata).result(timeout)
+    # carry_context: the S3 span is a child of the C-STORE span, across the thread hop.
+    return uploads.submit(carry_context(store.put_file), key, path, metadata=metadata).result(
+        timeout
+    )
 
 
 def store_instance(
@@ -88,9 +93,11 @@ def store_instance(
     answer past the deadline; without it the put is bounded only by the store's own timeouts.
     """
     started = time.monotonic()
+    span = trace.get_current_span()  # the C-STORE's, where there is one; facts as they are known
     if "store" not in request.permissions:
         return StoreResult(Status.NOT_AUTHORIZED, f"{request.calling_ae} may not store")
     size = request.path.stat().st_size
+    span.set_attributes(safe_attributes({"dicom.size": size}))
     if size > max_size:
         return StoreResult(Status.TOO_LARGE, f"instance of {size} bytes exceeds {max_size}")
     try:
@@ -101,6 +108,7 @@ def store_instance(
     except (IncompleteDataset, InvalidDicomError, ValueError, EOFError, OSError) as exc:
         return StoreResult(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
     transfer_syntax = info.transfer_syntax
+    span.set_attributes(safe_attributes({"dicom.transfer_syntax_uid": transfer_syntax}))
     # PS3.3 C.7.6.3: an image (Rows present) carries its pixel data; without it the data set
     # was most likely cut between two elements, which the structural walk cannot see.
     if "Rows" in header and not info.has_pixel_data:
@@ -118,6 +126,14 @@ def store_instance(
         )
     except InvalidUID as exc:
         return StoreResult(Status.INVALID_UID, str(exc))
+    span.set_attributes(
+        safe_attributes(
+            {
+                "dicom.study_uid": uids["StudyInstanceUID"],
+                "dicom.series_uid": uids["SeriesInstanceUID"],
+            }
+        )
+    )
     # PS3.4 B.2.3: 0xA900, the data set does not match the SOP class / instance of the command.
     if uids["SOPInstanceUID"] != request.sop_instance_uid:
         return StoreResult(
