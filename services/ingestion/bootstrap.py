@@ -54,14 +54,16 @@ class IngestionService:
                 poll_interval=s.relay_interval,
                 retention=s.changes_retention,
             )
+            # A replica that starts after an outage first works through the backlog on its
+            # queue: until then a study whose instances wait there looks quiet in the catalog.
+            # So it consumes first and holds announcements for one quiet period.
             self.announcer = Announcer(
                 self._events,
                 stable_after=s.stable_after,
                 poll_interval=s.announce_interval,
                 announced=self.relay.wake,
+                start_after=s.stable_after,
             )
-            self.relay.start()
-            self.announcer.start()
         deps = IngestionDeps(
             store=self.store,
             catalog=self.catalog,
@@ -70,6 +72,9 @@ class IngestionService:
         self._consumer = await self.bus.consume(
             INGESTION_INSTANCE_RECEIVED, dispatcher(deps), prefetch=s.prefetch
         )
+        for loop in (self.relay, self.announcer):
+            if loop is not None:
+                loop.start()
 
     async def stop(self) -> None:
         """Stop taking messages, finish those in flight (their acks need the channel), close."""

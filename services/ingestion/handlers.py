@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.propagate import inject
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -24,13 +22,10 @@ from edge.common.catalog import (
     record_from_dataset,
 )
 from edge.common.events import InstanceReceived, InstanceReplaced, InstanceStored
-from edge.common.part10 import IncompleteDataset, header_length
+from edge.common.headers import FIRST_READ, read_header
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
 
 log = logging.getLogger(__name__)
-
-FIRST_READ = 64 << 10
-MAX_HEADER = 64 << 20  # a header past this is not a header we will index
 
 
 @dataclass
@@ -39,28 +34,6 @@ class IngestionDeps:
     catalog: Catalog
     # Called after a transaction that queued an event commits (wakes the outbox relay).
     committed: Callable[[], None] = lambda: None
-
-
-def read_header(store: ObjectStore, key: str, first: bytes, size: int) -> Dataset:
-    """The data set up to its pixel data, from ``first`` (the object's first bytes) and, when
-    the header is longer, ranged GETs growing fourfold from the start of the object.
-
-    What is read past the header is at most the last read's size, never the whole object.
-    """
-    data, length = first, max(len(first), 1)
-    while True:
-        if len(data) >= size:
-            return dcmread(io.BytesIO(data), stop_before_pixels=True)
-        try:
-            end = header_length(io.BytesIO(data), len(data))
-        except IncompleteDataset:
-            end = len(data)
-        if end is not None and end < len(data):
-            return dcmread(io.BytesIO(data[:end]), stop_before_pixels=True)
-        if length >= MAX_HEADER:
-            raise BadMessage(f"header of {key} exceeds {MAX_HEADER} bytes")
-        length = size if end is None else length * 4
-        data = store.get_range(key, 0, min(length, size))
 
 
 def load_header(store: ObjectStore, key: str, sha256: str) -> Dataset | None:

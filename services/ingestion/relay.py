@@ -43,8 +43,9 @@ class _Loop:
 
     name = "loop"
 
-    def __init__(self, poll_interval: float) -> None:
+    def __init__(self, poll_interval: float, start_after: float = 0.0) -> None:
         self.poll_interval = poll_interval
+        self.start_after = start_after
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -69,6 +70,11 @@ class _Loop:
 
     async def _run(self) -> None:
         delay = self.poll_interval
+        if self.start_after > 0:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.start_after)
+            except TimeoutError:
+                pass
         while not self._stopping.is_set():
             try:
                 done = await self.step()
@@ -101,8 +107,9 @@ class Announcer(_Loop):
         poll_interval: float,
         batch: int = 50,
         announced: Callable[[], None] = lambda: None,
+        start_after: float = 0.0,
     ) -> None:
-        super().__init__(poll_interval)
+        super().__init__(poll_interval, start_after)
         self.events = log_
         self.stable_after = stable_after
         self.batch = batch

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from edge.common.dicom import is_valid_uid
 from edge.common.events import InstanceReceived
+from edge.common.headers import FIRST_READ, read_header
 from edge.common.store import (
     OBJECT_META_CALLED_AE,
     OBJECT_META_CALLING_AE,
@@ -25,7 +26,6 @@ from edge.common.store import (
     ObjectStoreError,
     StoredObject,
 )
-from edge.ingestion.handlers import FIRST_READ, read_header
 
 # The AE titles of an object stored before the listener recorded them as metadata. Legal in an
 # AE title (PS3.5 6.2) yet never seen in one, so nobody mistakes it for a real sender; it reaches

@@ -14,9 +14,10 @@ from edge.common.bus import BadMessage, TransientError
 from edge.common.catalog import InMemoryCatalog, UpsertOutcome
 from edge.common.dicom import instance_key
 from edge.common.events import InstanceReceived, InstanceReplaced, InstanceStored
+from edge.common.headers import FIRST_READ, read_header
 from edge.common.store import ObjectStoreError
 from edge.common.store_memory import InMemoryObjectStore
-from edge.ingestion.handlers import FIRST_READ, IngestionDeps, on_instance_received, read_header
+from edge.ingestion.handlers import IngestionDeps, on_instance_received
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
