@@ -70,6 +70,7 @@ HANDLE_SECONDS = Histogram(
 EXCHANGE = "edge.events"
 DEAD_LETTER_EXCHANGE = "edge.dead-letter"
 REASON_HEADER = "x-edge-reason"
+RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach a broker that went away
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,11 @@ class AioPikaBus:
 
     @classmethod
     async def connect(cls, url: str, source: str, *, timeout: float = 5.0) -> AioPikaBus:
-        connection = await aio_pika.connect_robust(url, timeout=timeout)
+        # Reconnect every second (aio-pika's default is 5 s): while the broker is away the
+        # listener answers 0xA700, so every second of delay is a second of refused C-STOREs.
+        connection = await aio_pika.connect_robust(
+            url, timeout=timeout, reconnect_interval=RECONNECT_INTERVAL
+        )
         bus = cls(connection, source, timeout=timeout)
         await bus._open()
         return bus

@@ -145,14 +145,40 @@ class RpcClient:
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
         self._pending: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+        # Set when the robust connection came back: the reply consumer did not (aio-pika
+        # restores the channel, but the broker answers every request on it with
+        # PRECONDITION_FAILED "fast reply consumer does not exist"), so the next call reopens.
+        self._stale = False
+        self._reopen = asyncio.Lock()
 
     async def start(self) -> RpcClient:
-        self._channel = await self._connection.channel()
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
+        old, self._channel = self._channel, await self._connection.channel()
+        self._stale = False
+        if old is not None:
+            await _close(old, 1.0)
         # PS: direct reply-to requires consuming the pseudo-queue in no-ack mode on the same
         # channel that publishes the requests.
         reply_queue = await self._channel.get_queue(REPLY_TO, ensure=False)
         await reply_queue.consume(self._on_reply, no_ack=True)
-        return self
+
+    def _on_reconnect(self, *_: object) -> None:
+        self._stale = True
+
+    async def _ready_channel(self, operation: str) -> AbstractChannel:
+        if self._stale or self._channel is None or self._channel.is_closed:
+            async with self._reopen:
+                if self._stale or self._channel is None or self._channel.is_closed:
+                    try:
+                        await self._open()
+                    except (aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+                        raise RpcTimeout(f"rpc {operation}: no channel to the broker") from exc
+        assert self._channel is not None
+        return self._channel
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
@@ -177,8 +203,7 @@ class RpcClient:
                 raise
 
     async def _call(self, operation: str, payload: Payload, timeout: float | None) -> Payload:
-        if self._channel is None or self._channel.is_closed:
-            raise RpcTimeout(f"rpc {operation}: no channel to the broker")
+        channel = await self._ready_channel(operation)
         timeout = self._timeout if timeout is None else timeout
         headers: dict[str, Any] = {DEADLINE_HEADER: int((time.time() + timeout) * 1000)}
         inject(headers)
@@ -187,7 +212,7 @@ class RpcClient:
         self._pending[correlation_id] = future
         try:
             await asyncio.wait_for(
-                self._channel.default_exchange.publish(
+                channel.default_exchange.publish(
                     aio_pika.Message(
                         body=json.dumps(payload).encode(),
                         correlation_id=correlation_id,
@@ -204,6 +229,7 @@ class RpcClient:
         except TimeoutError as exc:
             raise RpcTimeout(f"rpc {operation}: no reply within {timeout:.1f}s") from exc
         except aio_pika.exceptions.AMQPError as exc:
+            self._stale = True  # e.g. the channel was closed under us: reopen on the next call
             raise RpcTimeout(f"rpc {operation}: broker unavailable: {exc!r}") from exc
         finally:
             self._pending.pop(correlation_id, None)
@@ -213,4 +239,5 @@ class RpcClient:
         return reply  # type: ignore[no-any-return]
 
     async def stop(self, timeout: float = 5.0) -> None:
+        self._connection.reconnect_callbacks.discard(self._on_reconnect)
         await _close(self._channel, timeout)

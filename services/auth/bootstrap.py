@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute
 from edge.auth import handlers
 from edge.auth.registry import PsycopgAERegistry
 from edge.auth.settings import AuthSettings
+from edge.common.bus import RECONNECT_INTERVAL
 from edge.common.rpc import RpcServer
 from edge.common.runtime import Check, broker_check
 
@@ -30,7 +31,9 @@ class AuthService:
         return decision.to_json()
 
     async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(self.settings.amqp_url, timeout=10)
+        self._connection = await aio_pika.connect_robust(
+            self.settings.amqp_url, timeout=10, reconnect_interval=RECONNECT_INTERVAL
+        )
         # One table: which operation goes to which handler.
         self._rpc = RpcServer(self._connection, {"auth.admit": self._admit})
         await self._rpc.start()
