@@ -173,14 +173,18 @@ def catalog_count(database_url: str) -> int:
 
 
 def scrape_histogram(
-    metrics_url: str, name: str = "edge_cstore_seconds"
+    metrics_url: str, name: str = "edge_cstore_seconds", status: str = "0x0000"
 ) -> tuple[list[tuple[float, float]], float]:
-    """``([(le, cumulative count), ...], sum)`` of one Prometheus histogram."""
+    """``([(le, cumulative count), ...], sum)`` of one Prometheus histogram, successful
+    C-STOREs only (the series labelled ``status``)."""
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
     buckets: list[tuple[float, float]] = []
     total = 0.0
+    label = f'status="{status}"'
     for line in text.splitlines():
+        if label not in line:
+            continue
         if line.startswith(f"{name}_bucket{{"):
             le = re.search(r'le="([^"]+)"', line)
             if le:

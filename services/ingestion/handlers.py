@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry.propagate import inject
+from opentelemetry import trace
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -24,8 +24,10 @@ from edge.common.catalog import (
 from edge.common.events import InstanceReceived, InstanceReplaced, InstanceStored
 from edge.common.headers import FIRST_READ, read_header
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
+from edge.common.tracing import inject, record_failure, safe_attributes
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -82,16 +84,31 @@ async def on_instance_received(
         raise BadMessage(str(exc)) from exc
     if record.sop_instance_uid != event.sop_instance_uid:
         raise BadMessage("object's SOP Instance UID differs from the event's")
-    trace_context: dict[str, str] = {}
-    inject(trace_context)  # the study's announcement continues this trace
-    try:
-        async with deps.catalog.transaction() as tx:
-            upserted = await tx.upsert(record, trace_context)
-            if upserted.outcome is not UpsertOutcome.UNCHANGED:
-                # Same transaction as the row: the event exists if and only if the change does.
-                await tx.add_outbox(catalog_event(event, record, upserted), trace_context)
-    except CatalogUnavailable as exc:
-        raise TransientError(f"catalog: {exc}") from exc
+    with tracer.start_as_current_span(
+        "catalog upsert",
+        kind=trace.SpanKind.CLIENT,
+        attributes=safe_attributes(
+            {
+                "db.system.name": "postgresql",
+                "db.operation.name": "upsert",
+                "db.collection.name": "instance",
+                "dicom.sop_instance_uid": event.sop_instance_uid,
+                "dicom.study_uid": event.study_uid,
+            }
+        ),
+    ) as span:
+        trace_context: dict[str, str] = {}
+        inject(trace_context)  # the study's announcement continues this trace
+        try:
+            async with deps.catalog.transaction() as tx:
+                upserted = await tx.upsert(record, trace_context)
+                if upserted.outcome is not UpsertOutcome.UNCHANGED:
+                    # Same transaction as the row: the event exists iff the change does.
+                    await tx.add_outbox(catalog_event(event, record, upserted), trace_context)
+        except CatalogUnavailable as exc:
+            record_failure(span, exc)
+            raise TransientError(f"catalog: {exc}") from exc
+        span.set_attributes(safe_attributes({"edge.outcome": upserted.outcome.value}))
     if upserted.outcome is UpsertOutcome.UNCHANGED:
         return upserted.outcome
     deps.committed()

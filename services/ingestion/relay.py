@@ -19,11 +19,11 @@ import logging
 from collections.abc import Callable
 
 from opentelemetry import trace
-from opentelemetry.propagate import extract, inject
 from prometheus_client import Counter, Gauge
 
 from edge.common.bus import EventBus
 from edge.common.catalog import CatalogUnavailable, EventLog, OutboxEntry
+from edge.common.tracing import extract, inject, safe_attributes
 from edge.ingestion.announce import announcement, summary_of
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,21 @@ class Announcer(_Loop):
                 with tracer.start_as_current_span(
                     "study announce",
                     context=parent,
-                    attributes={"dicom.study_uid": study.study_uid},
+                    attributes=safe_attributes({"dicom.study_uid": study.study_uid}),
                 ) as span:
                     if not series:  # every instance gone: nothing to announce
                         await tx.mark_announced(study.pk, summary_of(series), None)
                         continue
                     event = announcement(study, series)
-                    span.set_attribute("edge.event", event.name)
-                    span.set_attribute("dicom.instance_count", event.instance_count)
+                    span.set_attributes(
+                        safe_attributes(
+                            {
+                                "edge.event": event.name,
+                                "dicom.instance_count": event.instance_count,
+                                "dicom.series_count": event.series_count,
+                            }
+                        )
+                    )
                     headers: dict[str, str] = {}
                     inject(headers)
                     outbox_pk = await tx.add_outbox(event, headers)
@@ -199,7 +206,7 @@ class Relay(_Loop):
             f"{entry.event.name} relay",
             context=parent,
             kind=trace.SpanKind.INTERNAL,
-            attributes={"edge.sequence": entry.event.sequence},
+            attributes=safe_attributes({"edge.sequence": entry.event.sequence}),
         ):
             # Subscribers need not exist: the change feed keeps every event for them.
             await self.bus.publish(entry.event, mandatory=False)

@@ -149,7 +149,13 @@ async def suite(
     auth = AuthService(AuthSettings(amqp_url=amqp_url, database_url=database_url))
     catalog = await PsycopgCatalog.open(database_url)
     ingestion = IngestionService(
-        IngestionSettings(amqp_url=amqp_url, database_url=database_url),
+        IngestionSettings(
+            amqp_url=amqp_url,
+            database_url=database_url,
+            stable_after=0.5,
+            announce_interval=0.1,
+            relay_interval=0.1,
+        ),
         store=object_store,
         catalog=catalog,
     )
@@ -219,6 +225,15 @@ async def test_one_trace_runs_from_the_c_store_to_ingestion(
     assert_child(put, c_store_span)  # across the upload thread
     assert_child(publish, c_store_span)  # across run_coroutine_threadsafe
     assert_child(process, publish)  # across the broker
+    upsert = await finished(spans, "catalog upsert", trace_id)
+    assert_child(upsert, process)
+    # The study's announcement continues the trace of its last instance, through the outbox.
+    announce = await finished(spans, "study announce", trace_id, timeout=20)
+    assert_child(announce, upsert)
+    relayed = await finished(spans, "study.arrived relay", trace_id)
+    assert_child(relayed, announce)
+    arrived = await finished(spans, "publish study.arrived", trace_id)
+    assert_child(arrived, relayed)
     # Admission asked auth over RPC inside the association.
     admit_call = await finished(spans, "rpc auth.admit", trace_id, SpanKind.CLIENT)
     admit_served = await finished(spans, "rpc auth.admit", trace_id, SpanKind.SERVER)
