@@ -20,7 +20,16 @@ def send_raw(
     path: Path, *, port: int, calling: str = "STORESCU", called: str = "EDGE"
 ) -> int | None:
     """C-STORE ``path``; return the response status, or None without an association/response."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    # Send the file's data set as it is on disk; pynetdicom's switch is process-wide, so it is
+    # put back afterwards (left on, other tests' send_c_store would need exact syntax matches).
+    chunked, _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_SEND_CHUNKED_DATASET, True
+    try:
+        return _send(path, port=port, calling=calling, called=called)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+
+
+def _send(path: Path, *, port: int, calling: str, called: str) -> int | None:
     meta = read_file_meta_info(path)
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
