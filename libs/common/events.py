@@ -47,10 +47,10 @@ class Event(BaseModel):
         return self.model_dump(mode="json", exclude={"id", "time"})
 
 
-class InstanceReceived(Event):
-    """The listener holds a durable copy of an instance in S3; ingestion indexes it."""
+class InstanceFacts(BaseModel):
+    """What every instance event says of the instance (fields shared by several events)."""
 
-    name: ClassVar[str] = "instance.received"
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     study_uid: UID = Field(description="Study Instance UID (0020,000D).")
     series_uid: UID = Field(description="Series Instance UID (0020,000E).")
@@ -60,6 +60,13 @@ class InstanceReceived(Event):
     object_key: str = Field(description="S3 key of the instance in the suite's bucket.")
     size: int = Field(ge=0, description="Size of the stored Part-10 object in bytes.")
     sha256: str = Field(description="SHA-256 of the stored object, hex.")
+
+
+class InstanceReceived(Event, InstanceFacts):
+    """The listener holds a durable copy of an instance in S3; ingestion indexes it."""
+
+    name: ClassVar[str] = "instance.received"
+
     calling_ae: str = Field(description="Calling AE title of the association that sent it.")
     called_ae: str = Field(description="Called AE title (ours) of that association.")
 
@@ -78,20 +85,12 @@ class CatalogEvent(Event):
     )
 
 
-class InstanceStored(CatalogEvent):
+class InstanceStored(CatalogEvent, InstanceFacts):
     """A new instance is in the catalog (first time this SOP Instance UID was seen)."""
 
     name: ClassVar[str] = "instance.stored"
 
-    study_uid: UID = Field(description="Study Instance UID (0020,000D).")
-    series_uid: UID = Field(description="Series Instance UID (0020,000E).")
-    sop_instance_uid: UID = Field(description="SOP Instance UID (0008,0018).")
-    sop_class_uid: UID = Field(description="SOP Class UID (0008,0016).")
-    transfer_syntax_uid: UID = Field(description="Transfer syntax the object is stored in.")
     modality: str | None = Field(description="Modality of the series (0008,0060), if present.")
-    object_key: str = Field(description="S3 key of the instance in the suite's bucket.")
-    size: int = Field(ge=0, description="Size of the stored Part-10 object in bytes.")
-    sha256: str = Field(description="SHA-256 of the stored object, hex.")
     calling_ae: str = Field(description="AE title (or STOW-RS client) that sent it.")
 
 

@@ -17,12 +17,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 
 from edge.common.bus import close_bounded
 from edge.common.tracing import extract, inject, record_failure, safe_attributes
@@ -63,14 +65,25 @@ async def _close(channel: AbstractChannel | None, timeout: float) -> None:
         await close_bounded(channel.close(), timeout)
 
 
-def _span_attributes(operation: str) -> dict[str, str | bool | int | float]:
-    return safe_attributes(
-        {
-            "rpc.system": "rabbitmq",
-            "rpc.method": operation,
-            "messaging.system": "rabbitmq",
-            "messaging.destination.name": request_queue(operation),
-        }
+def _rpc_span(
+    operation: str, kind: SpanKind, context: Context | None = None
+) -> AbstractContextManager[Span]:
+    """The span of one call (CLIENT) or of serving it (SERVER); failures are recorded by the
+    caller with :func:`record_failure`, by type only."""
+    return tracer.start_as_current_span(
+        f"rpc {operation}",
+        context=context,
+        kind=kind,
+        attributes=safe_attributes(
+            {
+                "rpc.system": "rabbitmq",
+                "rpc.method": operation,
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": request_queue(operation),
+            }
+        ),
+        record_exception=False,
+        set_status_on_exception=False,
     )
 
 
@@ -105,14 +118,7 @@ class RpcServer:
                 if deadline_ms and time.time() * 1000 > deadline_ms:
                     return  # the caller has given up; answering would only be noise
                 headers: dict[str, Any] = {}
-                with tracer.start_as_current_span(
-                    f"rpc {operation}",
-                    context=extract(message.headers),
-                    kind=SpanKind.SERVER,
-                    attributes=_span_attributes(operation),
-                    record_exception=False,
-                    set_status_on_exception=False,
-                ) as span:
+                with _rpc_span(operation, SpanKind.SERVER, extract(message.headers)) as span:
                     try:
                         reply = await handler(json.loads(message.body))
                     except Exception as exc:
@@ -189,13 +195,7 @@ class RpcClient:
         self, operation: str, payload: Payload, *, timeout: float | None = None
     ) -> Payload:
         """Call ``operation`` and return its reply; raise RpcTimeout or RpcError."""
-        with tracer.start_as_current_span(
-            f"rpc {operation}",
-            kind=SpanKind.CLIENT,
-            attributes=_span_attributes(operation),
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        with _rpc_span(operation, SpanKind.CLIENT) as span:
             try:
                 return await self._call(operation, payload, timeout)
             except RpcError as exc:

@@ -21,7 +21,7 @@ from edge.common.catalog import (
     UpsertOutcome,
     record_from_dataset,
 )
-from edge.common.events import InstanceReceived, InstanceReplaced, InstanceStored
+from edge.common.events import InstanceFacts, InstanceReceived, InstanceReplaced, InstanceStored
 from edge.common.headers import FIRST_READ, read_header
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
 from edge.common.tracing import inject, record_failure, safe_attributes
@@ -126,15 +126,8 @@ def catalog_event(
 ) -> InstanceStored:
     """``instance.stored`` for a new instance, ``instance.replaced`` for new bytes."""
     fields = {
-        "study_uid": received.study_uid,
-        "series_uid": received.series_uid,
-        "sop_instance_uid": received.sop_instance_uid,
-        "sop_class_uid": received.sop_class_uid,
-        "transfer_syntax_uid": received.transfer_syntax_uid,
+        **received.model_dump(include=set(InstanceFacts.model_fields)),
         "modality": record.series.modality,
-        "object_key": received.object_key,
-        "size": received.size,
-        "sha256": received.sha256,
         "calling_ae": received.calling_ae,
     }
     if upserted.outcome is UpsertOutcome.REPLACED and upserted.previous_sha256:
