@@ -681,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         relay = None
         if args.relay_events > 0 and target.events is not None and target.database_url:
             print(f"relay: {args.relay_events} events queued in the outbox ...", flush=True)
-            relay = relay_throughput(target.database_url, target.events, args.relay_events)
+            relay = relay_throughput(target.database_url, target.events.amqp_url, args.relay_events)
 
         print()
         if results:

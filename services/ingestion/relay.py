@@ -39,13 +39,19 @@ OUTBOX_BACKLOG = Gauge("edge_outbox_backlog", "Outbox events not yet published")
 
 class _Loop:
     """A background task that runs ``step`` until it finds nothing to do, then waits for a
-    nudge or ``poll_interval``; database outages are retried with backoff."""
+    nudge or ``poll_interval``; database outages are retried with backoff.
+
+    ``linger``: after a step that did less than a full ``batch``, wait that long before the
+    next, so that work arriving one commit at a time is taken in batches (fewer transactions
+    per event under load, at most ``linger`` more latency)."""
 
     name = "loop"
+    batch = 1
 
-    def __init__(self, poll_interval: float, start_after: float = 0.0) -> None:
+    def __init__(self, poll_interval: float, start_after: float = 0.0, linger: float = 0.0) -> None:
         self.poll_interval = poll_interval
         self.start_after = start_after
+        self.linger = linger
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -87,13 +93,16 @@ class _Loop:
                 log.exception("%s step failed", self.name)
                 done = 0
                 delay = min(delay * 2, 10.0)
-            if done:
+            if done >= self.batch:
                 continue
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            if not done:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+            if self.linger > 0:
+                await asyncio.sleep(self.linger)
 
 
 class Announcer(_Loop):
@@ -168,8 +177,9 @@ class Relay(_Loop):
         poll_interval: float,
         retention: float | None = None,
         batch: int = 200,
+        linger: float = 0.02,
     ) -> None:
-        super().__init__(poll_interval)
+        super().__init__(poll_interval, linger=linger)
         self.events = log_
         self.bus = bus
         self.retention = retention
