@@ -126,6 +126,43 @@ async def test_bad_message_is_dead_lettered_with_reason_and_others_flow(amqp_url
         await bus.close()
 
 
+async def test_message_failing_every_time_is_dead_lettered_after_the_limit_and_others_flow(
+    amqp_url: str,
+) -> None:
+    bus = await AioPikaBus.connect(amqp_url, "/edge/test")
+    spec = ConsumerQueue("ingestion.instance-received", ("instance.received",))
+    poison = f"{UID}.1.5"
+    attempts: list[str] = []
+    handled: list[str] = []
+
+    async def handler(event: Event) -> None:
+        assert isinstance(event, InstanceReceived)
+        attempts.append(event.sop_instance_uid)
+        if event.sop_instance_uid == poison:
+            raise RuntimeError("a bug that this message always triggers")
+        handled.append(event.sop_instance_uid)
+
+    try:
+        for n in (4, 5, 6):
+            await bus.publish(received(n))
+        consumer = await bus.consume(spec, handler)
+        for _ in range(200):
+            if len(handled) == 2 and attempts.count(poison) == spec.delivery_limit:
+                break
+            await asyncio.sleep(0.05)
+        await consumer.stop()
+        channel = await bus.connection.channel()
+        dead = await _get_all(channel, spec.dead_letter_queue)
+        assert sorted(handled) == [f"{UID}.1.4", f"{UID}.1.6"]
+        assert attempts.count(poison) == spec.delivery_limit  # requeued, then dead-lettered
+        [message] = dead
+        assert json.loads(message.body)["sop_instance_uid"] == poison
+        reason = str(message.headers[REASON_HEADER])
+        assert f"failed {spec.delivery_limit} times" in reason and "RuntimeError" in reason
+    finally:
+        await bus.close()
+
+
 async def test_transient_error_is_retried_without_using_the_delivery_limit(amqp_url: str) -> None:
     bus = await AioPikaBus.connect(amqp_url, "/edge/test")
     spec = ConsumerQueue("ingestion.instance-received", ("instance.received",))
