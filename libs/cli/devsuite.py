@@ -79,8 +79,9 @@ class DevSuite:
             self.ingestion_port,
             self.storage_port,
             self.auth_port,
+            self.query_port,
             self.s3_port,
-        ) = free_ports(6)
+        ) = free_ports(7)
         self.vhost = self.name
         self.amqp_url = f"{self.amqp_base}/{self.vhost}"
         self.database_url = f"{PG_BASE}/{self.name}"
@@ -105,6 +106,7 @@ class DevSuite:
             "EDGE_INGESTION_HTTP_PORT": str(self.ingestion_port),
             "EDGE_STORAGE_HTTP_PORT": str(self.storage_port),
             "EDGE_AUTH_HTTP_PORT": str(self.auth_port),
+            "EDGE_QUERY_HTTP_PORT": str(self.query_port),
             "TCP_NODELAY": "1",
             **self.extra_env,
         }
@@ -140,7 +142,13 @@ class DevSuite:
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
-        ports = (self.http_port, self.ingestion_port, self.storage_port, self.auth_port)
+        ports = (
+            self.http_port,
+            self.ingestion_port,
+            self.storage_port,
+            self.auth_port,
+            self.query_port,
+        )
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"suite exited early:\n{self.log_path.read_text()[-4000:]}")

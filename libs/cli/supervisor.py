@@ -27,10 +27,12 @@ from edge.common.settings import CommonSettings
 from edge.common.store import MinioObjectStore
 from edge.ingestion.settings import IngestionSettings
 from edge.listener.settings import ListenerSettings
+from edge.query.settings import QuerySettings
 from edge.storage.settings import StorageSettings
 
-# Start order: auth answers admission before the listener accepts; stop in reverse.
-SERVICES = ("auth", "storage", "ingestion", "listener")
+# Start order: auth answers admission and query answers C-FIND before the listener accepts;
+# stop in reverse.
+SERVICES = ("auth", "storage", "ingestion", "query", "listener")
 STOP_GRACE = 30.0
 
 
@@ -40,6 +42,7 @@ DEFAULT_HTTP_PORTS = {
     "auth": AuthSettings.model_fields["http_port"].default,
     "storage": StorageSettings.model_fields["http_port"].default,
     "ingestion": IngestionSettings.model_fields["http_port"].default,
+    "query": QuerySettings.model_fields["http_port"].default,
 }
 
 

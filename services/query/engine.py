@@ -1,0 +1,347 @@
+"""One matching engine for C-FIND and QIDO-RS: a request (model, level, identifier as DICOM
+JSON) becomes one parameterised SQL query over the catalog, and its rows DICOM JSON results.
+
+Hierarchical rules (PS3.4 C.4.1.2.1): the unique keys of the levels above the query level must
+be given, with a single value; keys below the query level may be present only empty (they are
+not returned). Keys of the levels above, and of the query level, are matched and returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from edge.query import matching
+from edge.query.attributes import (
+    BY_TAG,
+    CONTROL_KEYS,
+    INSTANCE_AVAILABILITY,
+    RETRIEVE_AE_TITLE,
+    UNIQUE_KEY,
+    Attr,
+    Level,
+    Model,
+    header_attr,
+)
+from edge.query.matching import NOT_MATCHING_SOP_CLASS, QueryError, Where
+
+STUDY_DATE = 0x00080020
+STUDY_TIME = 0x00080030
+
+_FROM = {
+    Level.PATIENT: "FROM patient p",
+    Level.STUDY: "FROM study s JOIN patient p ON p.pk = s.patient_pk",
+    Level.SERIES: "FROM series r JOIN study s ON s.pk = r.study_pk"
+    " JOIN patient p ON p.pk = s.patient_pk",
+    Level.IMAGE: "FROM instance i JOIN series r ON r.pk = i.series_pk"
+    " JOIN study s ON s.pk = r.study_pk JOIN patient p ON p.pk = s.patient_pk",
+}
+# The first instance catalogued under the matched entity: where attributes without a column
+# are read from (its header is the DICOM JSON of the instance, without bulk data).
+_REPRESENTATIVE = {
+    Level.PATIENT: "LEFT JOIN LATERAL (SELECT z.header FROM study x JOIN series y"
+    " ON y.study_pk = x.pk JOIN instance z ON z.series_pk = y.pk WHERE x.patient_pk = p.pk"
+    " ORDER BY z.pk LIMIT 1) rep ON true",
+    Level.STUDY: "LEFT JOIN LATERAL (SELECT z.header FROM series y JOIN instance z"
+    " ON z.series_pk = y.pk WHERE y.study_pk = s.pk ORDER BY z.pk LIMIT 1) rep ON true",
+    Level.SERIES: "LEFT JOIN LATERAL (SELECT z.header FROM instance z WHERE z.series_pk = r.pk"
+    " ORDER BY z.pk LIMIT 1) rep ON true",
+    Level.IMAGE: "",
+}
+_HEADER = {
+    Level.PATIENT: "rep.header",
+    Level.STUDY: "rep.header",
+    Level.SERIES: "rep.header",
+    Level.IMAGE: "i.header",
+}
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    model: Model
+    level: Level
+    identifier: dict[str, Any]  # DICOM JSON: "GGGGEEEE" -> {"vr": ..., "Value": [...]}
+    limit: int
+    offset: int = 0
+    after: int | None = None  # keyset paging: only entities whose key is above this
+    fuzzy: bool = False
+    include_all: bool = False
+    retrieve_ae_title: str | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> FindRequest:
+        """The ``query.find`` RPC request; raises QueryError on a malformed one."""
+        try:
+            model = Model(payload.get("model", "STUDY"))
+            identifier = payload["identifier"]
+            if not isinstance(identifier, dict):
+                raise TypeError("identifier is not an object")
+            level_name = payload.get("level") or _value_text(identifier.get("00080052"))
+            level = Level[str(level_name).strip()]
+            return cls(
+                model=model,
+                level=level,
+                identifier=identifier,
+                limit=int(payload["limit"]),
+                offset=int(payload.get("offset") or 0),
+                after=None if payload.get("after") is None else int(payload["after"]),
+                fuzzy=bool(payload.get("fuzzy")),
+                include_all=bool(payload.get("include_all")),
+                retrieve_ae_title=payload.get("retrieve_ae_title"),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise QueryError(NOT_MATCHING_SOP_CLASS, f"bad query request: {exc}") from None
+
+
+@dataclass
+class FindPage:
+    matches: list[dict[str, Any]]
+    next_after: int | None  # pass as ``after`` for the next page; None when this was the last
+
+
+@dataclass
+class _Plan:
+    where: Where = field(default_factory=Where)
+    returns: list[Attr] = field(default_factory=list)
+    needs_header: bool = False
+
+
+def _value_text(element: Any) -> str | None:
+    """A string or number element's values joined by backslashes; None when empty."""
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if not values:
+        return None
+    if element.get("vr") == "PN":
+        return "\\".join(_pn_text(v) for v in values)
+    return "\\".join("" if v is None else str(v) for v in values)
+
+
+def _pn_text(value: Any) -> str:
+    if not isinstance(value, dict):
+        return str(value)
+    groups = [value.get(k, "") for k in ("Alphabetic", "Ideographic", "Phonetic")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
+
+
+def _effective_level(attr: Attr, model: Model) -> Level:
+    # In the Study Root model the patient's attributes are attributes of the study.
+    if model is Model.STUDY_ROOT and attr.level is Level.PATIENT:
+        return Level.STUDY
+    return attr.level
+
+
+def plan(request: FindRequest, *, case_sensitive_names: bool = False) -> _Plan:
+    """Check the identifier against the model and level, and turn it into conditions and
+    return keys."""
+    model, level = request.model, request.level
+    if level not in model.levels():
+        raise QueryError(NOT_MATCHING_SOP_CLASS, f"level {level.name} not in this model")
+    result = _Plan()
+    identifier = request.identifier
+    for above in model.levels():
+        if above.value >= level.value:
+            break
+        unique = UNIQUE_KEY[above]
+        value = _value_text(identifier.get(unique.key))
+        if value is None or "\\" in value or matching.has_wildcard(value):
+            raise QueryError(
+                NOT_MATCHING_SOP_CLASS, f"{unique.keyword} must be given with a single value"
+            )
+    header = _HEADER[level]
+    date_value = _value_text(identifier.get(f"{STUDY_DATE:08X}"))
+    time_value = _value_text(identifier.get(f"{STUDY_TIME:08X}"))
+    combined = date_value is not None and time_value is not None and level is not Level.PATIENT
+    for key, element in sorted(identifier.items()):
+        try:
+            tag = int(key, 16)
+        except ValueError:
+            raise QueryError(NOT_MATCHING_SOP_CLASS, f"bad key {key[:12]!r}") from None
+        if tag in CONTROL_KEYS or (tag >> 16) in (0x0000, 0x0002) or tag & 0xFFFF == 0:
+            continue
+        attr = BY_TAG.get(tag) or header_attr(tag, (element or {}).get("vr"), level)
+        attr_level = _effective_level(attr, model)
+        value = _value_text(element) if attr.vr != "SQ" else None
+        items = (element or {}).get("Value") if attr.vr == "SQ" else None
+        if attr_level.value > level.value:
+            if value is not None or items:
+                raise QueryError(
+                    NOT_MATCHING_SOP_CLASS, f"{attr.keyword} is below the {level.name} level"
+                )
+            continue
+        result.returns.append(attr)
+        if attr.column is None and attr.computed is None:
+            result.needs_header = True
+        if combined and tag in (STUDY_DATE, STUDY_TIME):
+            continue
+        if value is not None:
+            _condition(result.where, attr, value, header, request.fuzzy, case_sensitive_names)
+        elif items and isinstance(items[0], dict):
+            result.needs_header = True
+            matching.sequence(result.where, header, attr.keyword, attr.key, items[0])
+    if combined:
+        assert date_value is not None and time_value is not None
+        matching.date_time_range(
+            result.where, "s.study_date", "s.study_time_t", date_value, time_value
+        )
+    for above in model.levels():
+        if above.value > level.value:
+            break
+        if UNIQUE_KEY[above] not in result.returns:
+            result.returns.append(UNIQUE_KEY[above])
+    if request.include_all:
+        result.needs_header = True
+    return result
+
+
+def _condition(
+    where: Where, attr: Attr, value: str, header: str, fuzzy: bool, case_sensitive: bool
+) -> None:
+    kw = attr.keyword
+    if attr.match_exists is not None:  # ModalitiesInStudy, SOPClassesInStudy
+        values = [v for v in matching.split_values(matching.check_value(kw, value)) if v]
+        if not values or "*" in values:
+            return
+        if len(values) == 1 and matching.has_wildcard(values[0]):
+            where.add(attr.match_exists.format(op="LIKE %s"), matching.like_pattern(values[0]))
+        else:
+            where.add(attr.match_exists.format(op="= ANY(%s)"), values)
+        return
+    if attr.computed is not None:
+        matching.number(where, attr.computed, kw, value)
+        return
+    if attr.column is None:
+        _header_condition(where, attr, value, header, fuzzy, case_sensitive)
+        return
+    if attr.vr == "PN":
+        assert attr.norm is not None
+        matching.person_name(
+            where,
+            kw,
+            value,
+            norm=attr.norm,
+            groups=attr.groups,
+            raw=attr.column,
+            fuzzy=fuzzy,
+            case_sensitive=case_sensitive,
+        )
+    elif attr.vr == "UI":
+        matching.uid(where, attr.column, kw, value)
+    elif attr.vr == "DA":
+        matching.date_range(where, attr.column, kw, value)
+    elif attr.vr == "TM" and attr.time is not None:
+        matching.time_range(where, attr.time, kw, value)
+    elif attr.vr in ("IS", "US", "UL", "SS", "SL"):
+        matching.number(where, attr.column, kw, value)
+    else:
+        matching.text(where, attr.column, kw, value)
+
+
+def _header_condition(
+    where: Where, attr: Attr, value: str, header: str, fuzzy: bool, case_sensitive: bool
+) -> None:
+    first = f"({header} -> '{attr.key}' -> 'Value' ->> 0)"
+    kw = attr.keyword
+    if attr.vr == "PN":
+        raw = f"({header} -> '{attr.key}' -> 'Value' -> 0 ->> 'Alphabetic')"
+        matching.person_name(
+            where,
+            kw,
+            value,
+            norm=f"upper({raw})",
+            groups=None,
+            raw=raw,
+            fuzzy=fuzzy,
+            case_sensitive=case_sensitive,
+        )
+    elif attr.vr == "UI":
+        matching.uid(where, first, kw, value)
+    elif attr.vr == "DA":
+        # Stored as YYYYMMDD text: ranges compare as text once the bounds are checked dates.
+        matching.date_range(where, f"to_date(nullif({first}, ''), 'YYYYMMDD')", kw, value)
+    elif attr.vr == "DT":
+        matching.dt_text_range(where, first, kw, value)
+    elif attr.vr == "TM":
+        matching.time_range(where, f"edge_parse_tm({first})", kw, value)
+    else:
+        matching.text(where, first, kw, value)
+
+
+async def find(
+    conn: AsyncConnection[Any], request: FindRequest, *, case_sensitive_names: bool = False
+) -> FindPage:
+    """One page of matches, in the order of the level's catalog key."""
+    planned = plan(request, case_sensitive_names=case_sensitive_names)
+    level = request.level
+    key_column = f"{level.alias}.pk"
+    columns = [key_column]
+    for attr in planned.returns:
+        columns.append(attr.computed or attr.column or "NULL")
+    if planned.needs_header:
+        columns.append(_HEADER[level])
+    where = planned.where
+    if request.after is not None:
+        where.add(f"{key_column} > %s", request.after)
+    query = (
+        f"SELECT {', '.join(columns)} {_FROM[level]}"
+        f" {_REPRESENTATIVE[level] if planned.needs_header else ''}"
+        f" WHERE {where.text()} ORDER BY {key_column} LIMIT %s OFFSET %s"
+    )
+    cur = await conn.execute(
+        sql.SQL(query),  # type: ignore[arg-type]  # fixed text from attributes.py
+        [*where.params, request.limit + 1, request.offset],
+    )
+    rows = await cur.fetchall()
+    more = len(rows) > request.limit
+    rows = rows[: request.limit]
+    matches = [_result(request, planned, row) for row in rows]
+    return FindPage(matches, int(rows[-1][0]) if more and rows else None)
+
+
+def _result(request: FindRequest, planned: _Plan, row: tuple[Any, ...]) -> dict[str, Any]:
+    header: dict[str, Any] = (row[-1] or {}) if planned.needs_header else {}
+    out: dict[str, Any] = {}
+    if request.include_all:
+        below = {a.key for a in BY_TAG.values() if a.level.value > request.level.value}
+        out.update({k: v for k, v in header.items() if k not in below})
+    for attr, value in zip(planned.returns, row[1:], strict=False):
+        if attr.column is None and attr.computed is None:
+            out[attr.key] = header.get(attr.key, {"vr": attr.vr})
+        else:
+            out[attr.key] = _element(attr.vr, value)
+    identifier = request.identifier
+    out["00080052"] = {"vr": "CS", "Value": [request.level.name]}
+    if f"{RETRIEVE_AE_TITLE:08X}" in identifier or request.include_all:
+        if request.retrieve_ae_title:
+            out[f"{RETRIEVE_AE_TITLE:08X}"] = {"vr": "AE", "Value": [request.retrieve_ae_title]}
+    if f"{INSTANCE_AVAILABILITY:08X}" in identifier or request.include_all:
+        out[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+    return dict(sorted(out.items()))
+
+
+def _element(vr: str, value: Any) -> dict[str, Any]:
+    """A catalog value as a DICOM JSON element (PS3.18 F.2)."""
+    if value is None or value == [] or value == "":
+        return {"vr": vr}
+    values = value if isinstance(value, list) else [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [_pn_json(v) for v in str(value).split("\\")]}
+    if vr == "DA":
+        return {
+            "vr": vr,
+            "Value": [v.strftime("%Y%m%d") if isinstance(v, date) else str(v) for v in values],
+        }
+    if vr in ("IS", "US", "UL", "SS", "SL"):
+        return {"vr": vr, "Value": [int(v) for v in values]}
+    return {"vr": vr, "Value": [str(v) for v in values]}
+
+
+def _pn_json(value: str) -> dict[str, str]:
+    names = ("Alphabetic", "Ideographic", "Phonetic")
+    return {name: group for name, group in zip(names, value.split("="), strict=False) if group}

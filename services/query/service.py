@@ -1,0 +1,54 @@
+"""The ``query.find`` RPC: one page of matches per call (C-FIND streams them page by page,
+QIDO-RS asks for its limit and offset). Bad requests are answered, not raised: the reply carries
+the C-FIND status and the error comment, which the caller maps to DICOM or HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from edge.query.engine import FindRequest, find
+from edge.query.matching import QueryError
+
+log = logging.getLogger(__name__)
+
+OUT_OF_RESOURCES = 0xA700
+
+
+class QueryHandler:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], *, max_results: int, case_sensitive_names: bool
+    ) -> None:
+        self.pool = pool
+        self.max_results = max_results
+        self.case_sensitive_names = case_sensitive_names
+
+    async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = FindRequest.from_payload(payload)
+            if request.limit < 1:
+                raise QueryError(0xC000, "limit must be at least 1")
+            # The cap bounds what one request may walk through, pages included.
+            seen = request.offset + int(payload.get("returned") or 0)
+            budget = self.max_results - seen
+            if budget <= 0:
+                return {"matches": [], "next": None, "capped": True}
+            limited = FindRequest(**{**request.__dict__, "limit": min(request.limit, budget)})
+            async with self.pool.connection() as conn:
+                page = await find(conn, limited, case_sensitive_names=self.case_sensitive_names)
+        except QueryError as exc:
+            return {"error": {"status": exc.status, "comment": exc.comment}}
+        except psycopg.errors.QueryCanceled:
+            return {"error": {"status": OUT_OF_RESOURCES, "comment": "query took too long"}}
+        except psycopg.OperationalError as exc:
+            log.warning("query.find: catalog unavailable: %s", type(exc).__name__)
+            return {"error": {"status": OUT_OF_RESOURCES, "comment": "catalog unavailable"}}
+        capped = page.next_after is not None and len(page.matches) >= budget
+        return {
+            "matches": page.matches,
+            "next": None if capped else page.next_after,
+            "capped": capped,
+        }
