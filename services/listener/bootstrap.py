@@ -22,6 +22,7 @@ from edge.common.store import MinioObjectStore, ObjectStore
 from edge.common.tracing import in_context
 from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
+from edge.listener.find_scp import FindDeps
 from edge.listener.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,12 @@ class ListenerService:
         except TimeoutError:
             future.cancel()
             raise
+
+    def _find(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._rpc is not None
+        timeout = self.settings.find_timeout
+        future = self._on_loop(self._rpc.call("query.find", payload, timeout=timeout))
+        return future.result(timeout + 1)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -130,7 +137,9 @@ class ListenerService:
         self._server = ae.start_server(
             (s.dicom_host, s.dicom_port),
             block=False,
-            evt_handlers=event_handlers(self._admit, s.ae_title, deps),
+            evt_handlers=event_handlers(
+                self._admit, s.ae_title, deps, FindDeps(find=self._find, ae_title=s.ae_title)
+            ),
         )
         log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
 

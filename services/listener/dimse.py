@@ -1,4 +1,5 @@
-"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE, C-ECHO and C-STORE handlers.
+"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE, C-ECHO, C-STORE and C-FIND
+handlers (C-FIND itself: ``find_scp.py``).
 
 pynetdicom runs each association in a thread of its own; the handlers here block that thread
 (S3 upload, confirmed publish), which is what lets several associations proceed at once.
@@ -36,6 +37,7 @@ from edge.common.dimse import (
 )
 from edge.common.store import ObjectStore
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.find_scp import FIND_MODELS, FindDeps, on_c_find
 from edge.listener.spans import association_context, end_association, start_association
 from edge.listener.storage_scp import Publish, StoreRequest, StoreResult, store_instance
 
@@ -228,10 +230,12 @@ def build_ae(
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    for sop_class in FIND_MODELS:
+        ae.add_supported_context(sop_class)  # identifiers: implicit and explicit VR LE
     return ae
 
 
-def event_handlers(admit: Admit, ae_title: str, deps: StoreDeps) -> list[Any]:
+def event_handlers(admit: Admit, ae_title: str, deps: StoreDeps, find: FindDeps) -> list[Any]:
     """The listener's DIMSE handlers in one list, pynetdicom's idiom."""
     return [
         (evt.EVT_CONN_OPEN, on_conn_open, [admit, ae_title]),
@@ -240,4 +244,5 @@ def event_handlers(admit: Admit, ae_title: str, deps: StoreDeps) -> list[Any]:
         (evt.EVT_CONN_CLOSE, on_conn_close),
         (evt.EVT_C_ECHO, on_c_echo),
         (evt.EVT_C_STORE, on_c_store, [deps]),
+        (evt.EVT_C_FIND, on_c_find, [find]),
     ]

@@ -23,5 +23,7 @@ class ListenerSettings(CommonSettings):
     # stay below the peer's DIMSE timeout so the peer hears our failure rather than its own.
     store_deadline: float = 20.0
     admission_cache_ttl: float = 30.0
+    # Seconds one page of C-FIND matches (one query.find RPC) may take.
+    find_timeout: float = 15.0
     # Where received instances are spooled before they stream to S3 (None: the system default).
     spool_dir: Path | None = None

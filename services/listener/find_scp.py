@@ -1,0 +1,195 @@
+"""C-FIND (PS3.4 C.4.1): the identifier goes to the query service (``query.find`` RPC) page by
+page, and every match comes back as a pending response; C-CANCEL ends it between two matches
+(and no further page is asked for).
+
+The listener does no matching of its own: it checks the permission, turns the identifier into
+DICOM JSON (pydicom has already decoded it by its Specific Character Set), and turns the matches
+back into data sets in a character set the requester can read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import Counter, Histogram
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from edge.common.dicom import Status
+from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.spans import association_context
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+# The information models we serve, by their FIND SOP Class (PS3.4 C.6.1, C.6.2).
+FIND_MODELS: dict[str, str] = {
+    str(PatientRootQueryRetrieveInformationModelFind): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelFind): "STUDY",
+}
+PENDING = 0xFF00
+CANCELLED = 0xFE00
+PAGE = 100  # matches asked of the query service at a time
+
+C_FIND_SECONDS = Histogram(
+    "edge_cfind_seconds",
+    "C-FIND handling time, from the request to the final response, by final status",
+    ["status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+C_FIND_MATCHES = Counter("edge_cfind_matches_total", "Pending C-FIND responses sent")
+
+# Call ``query.find`` with a payload and return its reply; raises on timeout or no broker.
+FindCall = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class FindDeps:
+    find: FindCall
+    ae_title: str
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # PS3.7 C.4: at most 64 characters
+    return ds
+
+
+def response_charset(match: dict[str, Any], requested: list[str]) -> str | None:
+    """The Specific Character Set for a response: none when the match is plain ASCII, the
+    requester's own single-byte Latin-1 when it can carry the match, else UTF-8 (ISO_IR 192),
+    which every value the catalog holds can be written in."""
+    text = json.dumps(match, ensure_ascii=False)
+    if text.isascii():
+        return None
+    if requested and requested[0] in ("ISO_IR 100",):
+        try:
+            text.encode("latin-1")
+            return requested[0]
+        except UnicodeEncodeError:
+            pass
+    return "ISO_IR 192"
+
+
+def _requested_charsets(identifier: Dataset) -> list[str]:
+    value = identifier.get("SpecificCharacterSet")
+    if value is None:
+        return []
+    return [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+
+
+def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """The responses to one C-FIND: pendings, then one final status."""
+    permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if "find" not in permissions:
+        yield _status(Status.NOT_AUTHORIZED, f"{calling} may not query"), None
+        return
+    command = cast(C_FIND, event.request)
+    model = FIND_MODELS.get(str(command.AffectedSOPClassUID or ""))
+    if model is None:
+        yield _status(0xA900, "information model not supported"), None
+        return
+    try:
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
+        payload: dict[str, Any] = {
+            "model": model,
+            "level": level,
+            "identifier": identifier.to_json_dict(),
+            "limit": PAGE,
+            "retrieve_ae_title": deps.ae_title,
+            "returned": 0,
+        }
+    except Exception as exc:  # an identifier pydicom cannot decode or convert
+        log.warning(
+            "C-FIND from %s: identifier cannot be decoded (%s)", calling, type(exc).__name__
+        )
+        yield _status(0xC000, "identifier cannot be decoded"), None
+        return
+    if not level:
+        yield _status(0xA900, "QueryRetrieveLevel missing"), None
+        return
+    charsets = _requested_charsets(identifier)
+    while True:
+        if event.is_cancelled:
+            yield CANCELLED, None
+            return
+        try:
+            reply = deps.find(payload)
+        except Exception as exc:  # the query service or the broker did not answer in time
+            log.error("C-FIND from %s: query service unavailable: %s", calling, exc)
+            yield _status(0xA700, "query service unavailable"), None
+            return
+        error = reply.get("error")
+        if error:
+            yield _status(int(error["status"]), str(error.get("comment", ""))), None
+            return
+        for match in reply["matches"]:
+            if event.is_cancelled:
+                yield CANCELLED, None
+                return
+            ds = Dataset.from_json(match)
+            charset = response_charset(match, charsets)
+            if charset:
+                ds.SpecificCharacterSet = charset
+            C_FIND_MATCHES.inc()
+            yield PENDING, ds
+        payload["returned"] += len(reply["matches"])
+        if reply.get("capped"):
+            # PS3.4 has no status for "too many matches": refuse the rest, and say why.
+            yield _status(0xA700, f"more than {payload['returned']} matches; narrow it"), None
+            return
+        if reply.get("next") is None:
+            break
+        payload["after"] = reply["next"]
+    yield Status.SUCCESS, None
+
+
+def on_c_find(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """EVT_C_FIND: :func:`matches` under a span, timed; the span carries AE titles, the level
+    and counts, never the identifier's values."""
+    started = time.monotonic()
+    calling = str(event.assoc.requestor.ae_title).strip()
+    span = tracer.start_span(
+        "C-FIND",
+        context=association_context(event.assoc),
+        kind=SpanKind.SERVER,
+        attributes=safe_attributes({"dicom.calling_ae": calling}),
+    )
+    final = "0x0000"
+    count = 0
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            for status, identifier in matches(event, deps):
+                code = int(status.Status) if isinstance(status, Dataset) else int(status)
+                if code == PENDING:
+                    count += 1
+                else:
+                    final = f"0x{code:04X}"
+                yield status, identifier
+    except Exception as exc:
+        record_failure(span, exc)
+        log.exception("C-FIND handler failed")
+        final = f"0x{Status.PROCESSING_FAILURE:04X}"
+        yield _status(Status.PROCESSING_FAILURE, "internal error"), None
+    finally:
+        span.set_attributes(safe_attributes({"dicom.status": final, "edge.count": count}))
+        if final not in ("0x0000", f"0x{CANCELLED:04X}"):
+            span.set_status(StatusCode.ERROR, final)
+        span.end()
+        C_FIND_SECONDS.labels(final).observe(time.monotonic() - started)

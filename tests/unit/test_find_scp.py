@@ -1,0 +1,136 @@
+"""The C-FIND handler's decisions with a fake query service: paging, cancel, errors, charset."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from edge.listener.find_scp import FindDeps, matches, response_charset
+
+
+def study(uid: str, name: str = "Doe^J") -> dict[str, Any]:
+    return {
+        "00080052": {"vr": "CS", "Value": ["STUDY"]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
+        "0020000D": {"vr": "UI", "Value": [uid]},
+    }
+
+
+class FakeQuery:
+    """Pages of matches, recording every payload it is asked."""
+
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+        self.asked: list[dict[str, Any]] = []
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.asked.append(dict(payload))
+        return self.pages[len(self.asked) - 1]
+
+
+def event(*, permissions: frozenset[str] = frozenset({"find"}), cancel_after: int | None = None):
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.SpecificCharacterSet = "ISO_IR 100"
+    identifier.PatientName = "DOE*"
+    identifier.StudyInstanceUID = ""
+    state = {"seen": 0}
+
+    class Event(SimpleNamespace):
+        @property
+        def is_cancelled(self) -> bool:
+            return cancel_after is not None and state["seen"] >= cancel_after
+
+    ev = Event(
+        assoc=SimpleNamespace(
+            edge_permissions=permissions, requestor=SimpleNamespace(ae_title="WS1")
+        ),
+        request=SimpleNamespace(AffectedSOPClassUID=StudyRootQueryRetrieveInformationModelFind),
+        identifier=identifier,
+    )
+    return ev, state
+
+
+def run(ev: Any, state: dict[str, int], deps: FindDeps) -> list[tuple[int, Dataset | None]]:
+    out = []
+    for status, ds in matches(ev, deps):
+        code = int(status.Status) if isinstance(status, Dataset) else int(status)
+        out.append((code, ds if ds is not None else status))
+        state["seen"] += 1
+    return out
+
+
+def test_pages_are_asked_for_until_the_last_and_every_match_is_pending() -> None:
+    query = FakeQuery(
+        [
+            {"matches": [study("1.1"), study("1.2")], "next": 42, "capped": False},
+            {"matches": [study("1.3")], "next": None, "capped": False},
+        ]
+    )
+    ev, state = event()
+    out = run(ev, state, FindDeps(query, "EDGE"))
+    assert [code for code, _ in out] == [0xFF00, 0xFF00, 0xFF00, 0x0000]
+    assert [str(ds.StudyInstanceUID) for _, ds in out[:3]] == ["1.1", "1.2", "1.3"]
+    assert query.asked[0]["model"] == "STUDY" and query.asked[0]["level"] == "STUDY"
+    assert query.asked[0]["retrieve_ae_title"] == "EDGE"
+    assert query.asked[0]["identifier"]["00100010"]["Value"] == [{"Alphabetic": "DOE*"}]
+    assert "after" not in query.asked[0]
+    assert (query.asked[1]["after"], query.asked[1]["returned"]) == (42, 2)
+
+
+def test_cancel_ends_with_fe00_and_asks_for_no_further_page() -> None:
+    query = FakeQuery(
+        [
+            {"matches": [study("1.1"), study("1.2")], "next": 42, "capped": False},
+            {"matches": [study("1.3")], "next": None, "capped": False},
+        ]
+    )
+    ev, state = event(cancel_after=1)
+    out = run(ev, state, FindDeps(query, "EDGE"))
+    assert [code for code, _ in out] == [0xFF00, 0xFE00]
+    assert len(query.asked) == 1
+
+
+def test_engine_error_becomes_the_final_status_with_its_comment() -> None:
+    query = FakeQuery([{"error": {"status": 0xA900, "comment": "StudyInstanceUID must be given"}}])
+    ev, state = event()
+    [(code, status)] = run(ev, state, FindDeps(query, "EDGE"))
+    assert code == 0xA900
+    assert status.ErrorComment == "StudyInstanceUID must be given"
+
+
+def test_query_service_down_is_a_refusal_not_a_hang() -> None:
+    def down(payload: dict[str, Any]) -> dict[str, Any]:
+        raise TimeoutError("no reply")
+
+    ev, state = event()
+    [(code, status)] = run(ev, state, FindDeps(down, "EDGE"))
+    assert code == 0xA700 and "unavailable" in status.ErrorComment
+
+
+def test_without_find_permission_nothing_is_asked() -> None:
+    query = FakeQuery([])
+    ev, state = event(permissions=frozenset({"store"}))
+    [(code, status)] = run(ev, state, FindDeps(query, "EDGE"))
+    assert code == 0x0124 and "WS1" in status.ErrorComment
+    assert query.asked == []
+
+
+def test_capped_results_end_with_a_refusal() -> None:
+    query = FakeQuery([{"matches": [study("1.1")], "next": None, "capped": True}])
+    ev, state = event()
+    out = run(ev, state, FindDeps(query, "EDGE"))
+    assert [code for code, _ in out] == [0xFF00, 0xA700]
+    assert "more than 1" in out[-1][1].ErrorComment
+
+
+def test_response_character_set() -> None:
+    assert response_charset(study("1.1", "Doe^J"), ["ISO_IR 100"]) is None
+    assert response_charset(study("1.1", "Müller^Jörg"), ["ISO_IR 100"]) == "ISO_IR 100"
+    assert response_charset(study("1.1", "Müller^Jörg"), []) == "ISO_IR 192"
+    assert response_charset(study("1.1", "山田^太郎"), ["ISO_IR 100"]) == "ISO_IR 192"
