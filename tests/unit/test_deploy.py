@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
-SERVICES = {"listener": 8080, "ingestion": 8081, "storage": 8082, "auth": 8083}
+SERVICES = {"listener": 8080, "ingestion": 8081, "storage": 8082, "auth": 8083, "query": 8084}
 PLACEHOLDER = re.compile(r"change[-_]me", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL", re.IGNORECASE)
 URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", re.IGNORECASE)
@@ -371,3 +371,9 @@ def test_dockerfile_runs_edge_as_non_root() -> None:
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
     assert {"pyproject.toml", "libs", "services"} <= allowed
     assert not allowed & {"tests", "deploy", ".venv", ".git", "."}
+
+
+def test_every_service_edge_up_runs_is_deployed() -> None:
+    from edge.cli.supervisor import SERVICES as RUN_BY_EDGE_UP
+
+    assert set(SERVICES) == set(RUN_BY_EDGE_UP)
