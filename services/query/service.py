@@ -5,9 +5,11 @@ the C-FIND status and the error comment, which the caller maps to DICOM or HTTP.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import psycopg
+from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from edge.query.engine import FindRequest, find
@@ -16,6 +18,13 @@ from edge.query.matching import QueryError
 log = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES = 0xA700
+
+FIND_SECONDS = Histogram(
+    "edge_query_find_seconds",
+    "Server time of one query.find page (plan, SQL, results), by level and outcome",
+    ["level", "outcome"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
 
 
 class QueryHandler:
@@ -27,6 +36,16 @@ class QueryHandler:
         self.case_sensitive_names = case_sensitive_names
 
     async def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        reply = await self._find(payload)
+        outcome = "error" if "error" in reply else "ok"
+        level = str(payload.get("level") or "")
+        if level not in ("PATIENT", "STUDY", "SERIES", "IMAGE"):
+            level = "other"  # a label never carries what a peer typed
+        FIND_SECONDS.labels(level, outcome).observe(time.monotonic() - started)
+        return reply
+
+    async def _find(self, payload: dict[str, Any]) -> dict[str, Any]:
         try:
             request = FindRequest.from_payload(payload)
             if request.limit < 1:
