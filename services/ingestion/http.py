@@ -13,17 +13,10 @@ from starlette.routing import BaseRoute, Route
 
 from edge.common.catalog import CatalogUnavailable, EventLog
 from edge.common.events import to_structured
+from edge.common.http import problem
 
 SOURCE = "/edge/ingestion"
 DEFAULT_LIMIT = 100
-
-
-def problem(status: int, title: str, detail: str) -> Response:
-    return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
-        status_code=status,
-        media_type="application/problem+json",
-    )
 
 
 def _non_negative_int(request: Request, name: str, default: int) -> int:

@@ -16,13 +16,14 @@ from starlette.routing import BaseRoute
 from edge.common.admission import Admission
 from edge.common.bus import EXCHANGE, AioPikaBus
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
-from edge.common.rpc import RpcClient
+from edge.common.rpc import RpcClient, RpcTimeout
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
 from edge.common.tracing import in_context
 from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
 from edge.listener.find_scp import FindDeps
+from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,14 @@ class ListenerService:
         }
 
     def routes(self) -> list[BaseRoute]:
-        return []
+        s = self.settings
+
+        async def find(payload: dict[str, Any]) -> dict[str, Any]:
+            if self._rpc is None:
+                raise RpcTimeout("listener not started")
+            return await self._rpc.call("query.find", payload, timeout=s.find_timeout)
+
+        return qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit)
 
 
 def bootstrap(settings: ListenerSettings, **adapters: Any) -> ListenerService:

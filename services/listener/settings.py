@@ -27,3 +27,7 @@ class ListenerSettings(CommonSettings):
     find_timeout: float = 15.0
     # Where received instances are spooled before they stream to S3 (None: the system default).
     spool_dir: Path | None = None
+    # Most matches one QIDO-RS response carries: a search without `limit`, or with a larger one,
+    # gets this many (PS3.18 8.3.4.4.1 maxResults). Each search is one query.find RPC, under
+    # find_timeout.
+    qido_max_limit: int = 1000
