@@ -268,10 +268,6 @@ async def _search(request: Request, search: Search, find: Find, **options: Any) 
     matches: list[dict[str, Any]] = reply.get("matches") or []
     service = str(request.base_url).rstrip("/") + PREFIX
     if not matches:
-        if reply.get("capped"):  # the engine walks no further than its cap, offset included
-            return problem(
-                413, "Search too broad", "offset goes past the matches served for one search"
-            )
         return Response(status_code=204)  # PS3.18 8.3.4.4.1: no results, an empty payload
     for match in matches:
         match.pop(QUERY_RETRIEVE_LEVEL, None)  # a C-FIND notion, not part of a QIDO result

@@ -70,6 +70,9 @@ class FindRequest:
     fuzzy: bool = False
     include_all: bool = False
     retrieve_ae_title: str | None = None
+    # QIDO-RS's /series and /instances search across studies (PS3.18 10.6): the unique keys of
+    # the levels above are not required. C-FIND stays hierarchical (no extended negotiation).
+    relational: bool = False
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> FindRequest:
@@ -91,6 +94,7 @@ class FindRequest:
                 fuzzy=bool(payload.get("fuzzy")),
                 include_all=bool(payload.get("include_all")),
                 retrieve_ae_title=payload.get("retrieve_ae_title"),
+                relational=bool(payload.get("relational")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise QueryError(NOT_MATCHING_SOP_CLASS, f"bad query request: {exc}") from None
@@ -146,7 +150,7 @@ def plan(request: FindRequest, *, case_sensitive_names: bool = False) -> _Plan:
     result = _Plan()
     identifier = request.identifier
     for above in model.levels():
-        if above.value >= level.value:
+        if above.value >= level.value or request.relational:
             break
         unique = UNIQUE_KEY[above]
         value = _value_text(identifier.get(unique.key))

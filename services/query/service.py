@@ -50,9 +50,9 @@ class QueryHandler:
             request = FindRequest.from_payload(payload)
             if request.limit < 1:
                 raise QueryError(0xC000, "limit must be at least 1")
-            # The cap bounds what one request may walk through, pages included.
-            seen = request.offset + int(payload.get("returned") or 0)
-            budget = self.max_results - seen
+            # The cap bounds one response: a C-FIND's pages together ("returned" so far); a
+            # QIDO request's own limit (PS3.18 maxResults is per response, offset pages on).
+            budget = self.max_results - int(payload.get("returned") or 0)
             if budget <= 0:
                 return {"matches": [], "next": None, "capped": True}
             limited = FindRequest(**{**request.__dict__, "limit": min(request.limit, budget)})

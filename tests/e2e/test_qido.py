@@ -337,14 +337,6 @@ def test_instances_of_a_series(qido: DICOMwebClient, service: str) -> None:
         )
 
 
-RELATIONAL = pytest.mark.xfail(
-    strict=True,
-    reason="the query engine requires the unique keys of the levels above (PS3.4 C.4.1.2.1) "
-    "and does not honour the request's 'relational' flag yet",
-)
-
-
-@RELATIONAL
 @pytest.mark.parametrize("modality", ["MR", "US"])
 def test_all_series_match_study_and_series_keys(qido: DICOMwebClient, modality: str) -> None:
     results = qido.search_for_series(search_filters={"Modality": modality})
@@ -359,7 +351,6 @@ def test_all_series_match_study_and_series_keys(qido: DICOMwebClient, modality: 
     assert set(values(by_patient, "0020000E")) == {s.uid for s in STUDIES[3].series}
 
 
-@RELATIONAL
 def test_instances_of_a_study(qido: DICOMwebClient) -> None:
     study = STUDIES[3]
     results = qido.search_for_instances(study.uid)
@@ -369,7 +360,6 @@ def test_instances_of_a_study(qido: DICOMwebClient) -> None:
         assert found["00080060"]["Value"] == [modality_of[found["00080018"]["Value"][0]]]
 
 
-@RELATIONAL
 def test_all_instances_match_keys_of_every_level(qido: DICOMwebClient) -> None:
     results = qido.search_for_instances(search_filters={"Modality": "CT", "StudyDate": "20190101-"})
     expected = {

@@ -231,21 +231,24 @@ async def test_pruned_feed_answers_410_to_a_subscriber_that_fell_behind(
     catalog: PsycopgCatalog, database_url: str
 ) -> None:
     await queue_events(catalog, 3)
-    published = await drain(catalog)
-    first, last = published[0].event.sequence, published[-1].event.sequence
+    published = [e.event.sequence for e in await drain(catalog)]
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
             "UPDATE outbox SET published_at = now() - interval '2 days' WHERE sequence <= %s",
-            (first,),
+            (published[1],),
         )
-    assert await catalog.prune_changes(retention=86400) >= 1
-    assert await catalog.oldest_change() == first + 1
+    assert await catalog.prune_changes(retention=86400) >= 2
+    assert await catalog.oldest_change() == published[2]
 
     app = Starlette(routes=change_feed_routes(catalog, max_limit=100))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ingestion") as client:
-        gone = await client.get("/api/changes", params={"after": first - 1})
-        caught_up = await client.get("/api/changes", params={"after": first})
+        # Read up to published[0], then away while published[1] was pruned: a gap.
+        gone = await client.get("/api/changes", params={"after": published[0]})
+        caught_up = await client.get("/api/changes", params={"after": published[1]})
+        # after=0 asks for everything still kept: a new subscriber, not one that fell behind.
+        fresh = await client.get("/api/changes", params={"after": 0})
     assert gone.status_code == 410
     assert gone.headers["content-type"] == "application/problem+json"
-    assert [e["sequence"] for e in caught_up.json()["events"]] == list(range(first + 1, last + 1))
+    assert [e["sequence"] for e in caught_up.json()["events"]] == [published[2]]
+    assert [e["sequence"] for e in fresh.json()["events"]][0] == published[2]
