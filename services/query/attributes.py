@@ -58,9 +58,10 @@ class Attr:
     # TM only: the parsed time column, for range matching.
     time: str | None = None
     computed: str | None = None  # an aggregate: the SQL expression of its value
-    # Computed attributes that can be matched: a condition template on one bound value,
-    # ``{op}`` replaced by the comparison (e.g. "= ANY(%s)" or "LIKE %s").
+    # Computed attributes that can be matched: ``EXISTS (...)`` around ``{cond}``, a condition
+    # on ``match_column`` (the value of one series or instance).
     match_exists: str | None = None
+    match_column: str | None = None
 
     @property
     def key(self) -> str:
@@ -124,14 +125,16 @@ ATTRIBUTES: tuple[Attr, ...] = (
         S,
         computed="(SELECT array_agg(DISTINCT x.modality ORDER BY x.modality)"
         f" {_STUDY_SERIES} AND x.modality IS NOT NULL)",
-        match_exists=f"EXISTS (SELECT 1 {_STUDY_SERIES} AND x.modality {{op}})",
+        match_exists=f"EXISTS (SELECT 1 {_STUDY_SERIES} AND ({{cond}}))",
+        match_column="x.modality",
     ),
     _attr(
         "SOPClassesInStudy",
         S,
         computed=f"(SELECT array_agg(DISTINCT y.sop_class_uid ORDER BY y.sop_class_uid)"
         f" {_STUDY_INSTANCES})",
-        match_exists=f"EXISTS (SELECT 1 {_STUDY_INSTANCES} AND y.sop_class_uid {{op}})",
+        match_exists=f"EXISTS (SELECT 1 {_STUDY_INSTANCES} AND ({{cond}}))",
+        match_column="y.sop_class_uid",
     ),
     _attr("NumberOfStudyRelatedSeries", S, computed=f"(SELECT count(*) {_STUDY_SERIES})"),
     _attr("NumberOfStudyRelatedInstances", S, computed=f"(SELECT count(*) {_STUDY_INSTANCES})"),

@@ -8,6 +8,7 @@ not returned). Keys of the levels above, and of the query level, are matched and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -28,6 +29,7 @@ from edge.query.attributes import (
 )
 from edge.query.matching import NOT_MATCHING_SOP_CLASS, QueryError, Where
 
+_TAG_KEY = re.compile(r"^[0-9A-F]{8}$")  # DICOM JSON keys (PS3.18 F.2.1.1): 8 upper-case hex
 STUDY_DATE = 0x00080020
 STUDY_TIME = 0x00080030
 
@@ -163,10 +165,9 @@ def plan(request: FindRequest, *, case_sensitive_names: bool = False) -> _Plan:
     time_value = _value_text(identifier.get(f"{STUDY_TIME:08X}"))
     combined = date_value is not None and time_value is not None and level is not Level.PATIENT
     for key, element in sorted(identifier.items()):
-        try:
-            tag = int(key, 16)
-        except ValueError:
-            raise QueryError(NOT_MATCHING_SOP_CLASS, f"bad key {key[:12]!r}") from None
+        if not isinstance(key, str) or not _TAG_KEY.match(key):
+            raise QueryError(NOT_MATCHING_SOP_CLASS, f"bad key {str(key)[:12]!r}")
+        tag = int(key, 16)
         if tag in CONTROL_KEYS or (tag >> 16) in (0x0000, 0x0002) or tag & 0xFFFF == 0:
             continue
         attr = BY_TAG.get(tag) or header_attr(tag, (element or {}).get("vr"), level)
@@ -209,13 +210,14 @@ def _condition(
 ) -> None:
     kw = attr.keyword
     if attr.match_exists is not None:  # ModalitiesInStudy, SOPClassesInStudy
-        values = [v for v in matching.split_values(matching.check_value(kw, value)) if v]
-        if not values or "*" in values:
-            return
-        if len(values) == 1 and matching.has_wildcard(values[0]):
-            where.add(attr.match_exists.format(op="LIKE %s"), matching.like_pattern(values[0]))
+        assert attr.match_column is not None
+        inner = Where()
+        if attr.vr == "UI":
+            matching.uid(inner, attr.match_column, kw, value)
         else:
-            where.add(attr.match_exists.format(op="= ANY(%s)"), values)
+            matching.text(inner, attr.match_column, kw, value)
+        if inner.sql:
+            where.add(attr.match_exists.format(cond=inner.text()), *inner.params)
         return
     if attr.computed is not None:
         matching.number(where, attr.computed, kw, value)
@@ -244,7 +246,13 @@ def _condition(
     elif attr.vr in ("IS", "US", "UL", "SS", "SL"):
         matching.number(where, attr.column, kw, value)
     else:
-        matching.text(where, attr.column, kw, value)
+        matching.text(
+            where,
+            attr.column,
+            kw,
+            value,
+            multi_valued=attr.vr not in matching.SINGLE_VALUED_VRS,
+        )
 
 
 def _header_condition(
@@ -263,18 +271,21 @@ def _header_condition(
             raw=raw,
             fuzzy=fuzzy,
             case_sensitive=case_sensitive,
+            upper_in_sql=True,
         )
     elif attr.vr == "UI":
         matching.uid(where, first, kw, value)
     elif attr.vr == "DA":
-        # Stored as YYYYMMDD text: ranges compare as text once the bounds are checked dates.
-        matching.date_range(where, f"to_date(nullif({first}, ''), 'YYYYMMDD')", kw, value)
+        # A stored value that is not a date is no match, never an error (edge_parse_da).
+        matching.date_range(where, f"edge_parse_da({first})", kw, value)
     elif attr.vr == "DT":
         matching.dt_text_range(where, first, kw, value)
     elif attr.vr == "TM":
         matching.time_range(where, f"edge_parse_tm({first})", kw, value)
     else:
-        matching.text(where, first, kw, value)
+        matching.text(
+            where, first, kw, value, multi_valued=attr.vr not in matching.SINGLE_VALUED_VRS
+        )
 
 
 async def find(

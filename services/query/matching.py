@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
 
-from edge.common.catalog import normalise_person_name
-
 MAX_VALUE_LENGTH = 1024  # characters of one matching value (the longest VR, UT, aside)
 _TAG_KEY = re.compile(r"^[0-9A-F]{8}$")
 
@@ -73,17 +71,23 @@ def check_value(keyword: str, value: str) -> str:
 
 
 def split_values(value: str) -> list[str]:
-    """Backslash-separated values (a list to match any of), universal ones dropped."""
-    return [v for v in value.split("\\")]
+    """Backslash-separated values (a list to match any of); empty ones dropped, so a list
+    that holds nothing else is universal."""
+    return [v for v in value.split("\\") if v]
 
 
 # --- strings, UIDs, numbers -----------------------------------------------------------------
 
 
-def text(where: Where, expr: str, keyword: str, value: str) -> None:
+# VRs whose single value may itself contain a backslash (PS3.5 6.2): never a list.
+SINGLE_VALUED_VRS = frozenset({"ST", "LT", "UT", "UR"})
+
+
+def text(where: Where, expr: str, keyword: str, value: str, *, multi_valued: bool = True) -> None:
     """Single value, wildcard or list (any of) on a text expression; ``*`` alone is universal."""
-    values = split_values(check_value(keyword, value))
-    if any(v == "*" for v in values):
+    check_value(keyword, value)
+    values = split_values(value) if multi_valued else [value]
+    if not values or any(v == "*" for v in values):
         return
     exact = [v for v in values if not has_wildcard(v)]
     patterns = [like_pattern(v) for v in values if has_wildcard(v)]
@@ -163,6 +167,8 @@ def split_range(keyword: str, value: str) -> tuple[str, str] | None:
 
 
 def date_range(where: Where, expr: str, keyword: str, value: str) -> None:
+    if not split_values(value):
+        return
     parts: list[str] = []
     params: list[Any] = []
     for item in split_values(check_value(keyword, value)):
@@ -185,6 +191,8 @@ def date_range(where: Where, expr: str, keyword: str, value: str) -> None:
 
 
 def time_range(where: Where, expr: str, keyword: str, value: str) -> None:
+    if not split_values(value):
+        return
     parts: list[str] = []
     params: list[Any] = []
     for item in split_values(check_value(keyword, value)):
@@ -232,13 +240,28 @@ def date_time_range(
         where.add(f"{expr} <= %s", high)
 
 
+_DT_OFFSET = re.compile(r"^(\d{4,14}(?:\.\d{1,6})?)([+-])(\d{2})(\d{2})$")
+
+
+def _dt_bounds(keyword: str, item: str) -> tuple[str, str] | None:
+    """Like :func:`split_range`, but a ``-HHMM`` UTC offset (HH up to 14) ending a date-time is
+    its offset, not the start of an upper bound: ``20200615101500-0500`` is one value."""
+    m = _DT_OFFSET.match(item)
+    if m and int(m[3]) <= 14 and int(m[4]) < 60:
+        return None
+    return split_range(keyword, item)
+
+
 def dt_text_range(where: Where, expr: str, keyword: str, value: str) -> None:
     """DT kept as text in the header: compared on its first 14 digits (YYYYMMDDHHMMSS)."""
     expr14 = f"rpad(left({expr}, 14), 14, '0')"
     parts: list[str] = []
     params: list[Any] = []
-    for item in split_values(check_value(keyword, value)):
-        bounds = split_range(keyword, item)
+    items = split_values(check_value(keyword, value))
+    if not items:
+        return
+    for item in items:
+        bounds = _dt_bounds(keyword, item)
         low, high = (item, item) if bounds is None else bounds
         for bound in (low, high):
             if bound and not _DT.match(bound):
@@ -268,54 +291,91 @@ def person_name(
     raw: str,
     fuzzy: bool,
     case_sensitive: bool,
+    upper_in_sql: bool = False,
 ) -> None:
     """PN matching: case-insensitive (unless configured), tolerant of missing trailing
     components (``SMITH`` matches ``SMITH^JOHN``), wildcards spanning components, any component
     group (alphabetic, ideographic, phonetic) for non-ASCII queries, and with ``fuzzy`` every
-    query word matching the start of some component."""
+    query word matching the start of some component.
+
+    ``norm`` is the stored matching form (upper-cased first group) and ``groups`` every group so
+    normalised, joined by ``=``; ``raw`` the value as stored. With ``upper_in_sql`` (a value read
+    from a header) the stored side is upper-cased by Postgres, so the query is too: Python and
+    Postgres do not upper-case every letter alike (``ß``).
+    """
     check_value(keyword, value)
+    items = split_values(value)
+    if not items or any(item.strip() in ("", "*") for item in items):
+        return
+    first_group = f"split_part(split_part({raw}, '\\', 1), '=', 1)"
+    target = first_group if case_sensitive else norm
+    param = "upper(%s)" if upper_in_sql and not case_sensitive else "%s"
     parts: list[str] = []
     params: list[Any] = []
-    for item in split_values(value):
-        if item.strip() in ("", "*"):
-            return
-        target = raw if case_sensitive else norm
-        query = _pn_query(item, case_sensitive)
+    for item in items:
+        query = _pn_query(item, upper=not (case_sensitive or upper_in_sql))
+        use_groups = groups is not None and not case_sensitive and not query.isascii()
         if fuzzy:
+            haystack = groups if use_groups else target
             words = [w for w in re.split(r"[\^ =]+", query.replace("*", " ")) if w]
-            conds = [f"('^' || replace({target}, ' ', '^')) LIKE %s" for _ in words]
-            parts.append(" AND ".join(conds) or "TRUE")
+            cond = f"('^' || translate({haystack}, ' =', '^^')) LIKE {param}"
+            parts.append(" AND ".join(cond for _ in words) or "TRUE")
             params += ["%^" + like_pattern(w) + "%" for w in words]
             continue
+        pattern = like_pattern(query)
         if has_wildcard(query):
-            parts.append(f"{target} LIKE %s")
-            params.append(like_pattern(query))
+            alternatives = [(f"{target} LIKE {param}", [pattern])]
+            if use_groups:
+                alternatives.append((f"('=' || {groups} || '=') LIKE %s", [f"%={pattern}=%"]))
         else:
-            parts.append(f"({target} = %s OR {target} LIKE %s)")
-            params += [query, like_pattern(query) + "^%"]
-        if groups and not case_sensitive and not query.isascii():
-            pattern = like_pattern(query)
-            if not has_wildcard(query):
-                pattern += "%"
-            parts.append(f"('=' || {groups} || '=') LIKE %s")
-            params.append("%=" + pattern + "=%")
-    where.add(" OR ".join(parts), *params)
+            alternatives = [
+                (f"{target} = {param} OR {target} LIKE {param}", [query, pattern + "^%"])
+            ]
+            if use_groups:
+                alternatives.append(
+                    (
+                        f"('=' || {groups} || '=') LIKE %s OR ('=' || {groups} || '=') LIKE %s",
+                        [f"%={pattern}=%", f"%={pattern}^%"],
+                    )
+                )
+        parts += [sql for sql, _ in alternatives]
+        params += [p for _, ps in alternatives for p in ps]
+    where.add(" OR ".join(f"({p})" for p in parts), *params)
 
 
-def _pn_query(item: str, case_sensitive: bool) -> str:
-    """The query value in the stored matching form; wildcards kept."""
+def _pn_components(group: str) -> str:
+    """A component group as stored for matching, without the case change: components trimmed,
+    trailing empty ones dropped."""
+    components = [c.strip() for c in group.split("^")]
+    while components and not components[-1]:
+        components.pop()
+    return "^".join(components)
+
+
+def _pn_query(item: str, *, upper: bool) -> str:
+    """The query value in the stored matching form (its first non-empty group); wildcards kept."""
     groups = [g for g in item.split("=") if g.strip("^ ")]
-    first = groups[0] if groups else item
-    normalised = normalise_person_name(first) or ""
-    return first.strip() if case_sensitive else normalised
+    first = _pn_components(groups[0] if groups else item)
+    return first.upper() if upper else first
 
 
 # --- sequences -------------------------------------------------------------------------------
 
 
+def _jsonpath_regex(value: str) -> str:
+    """A jsonpath string literal holding an anchored regex that matches ``value`` with PS3.4
+    wildcards; everything else in it is literal."""
+    regex = (
+        "^" + "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value) + "$"
+    )
+    return '"' + regex.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def sequence(where: Where, header: str, keyword: str, key: str, item: dict[str, Any]) -> None:
     """Sequence matching (PS3.4 C.2.2.2.6): some item of the stored sequence matches every
-    non-empty key of the request's item (single value matching on each)."""
+    non-empty key of the request's item. Each key: single value, list (any of), wildcard; PN
+    case-insensitive. Item values are bound as jsonpath variables, or, for wildcards and PN,
+    written as an escaped regex literal."""
     conditions: list[str] = []
     variables: dict[str, Any] = {}
     for sub_key, element in sorted(item.items()):
@@ -324,19 +384,25 @@ def sequence(where: Where, header: str, keyword: str, key: str, item: dict[str, 
         values = element.get("Value") or []
         if not values or element.get("vr") == "SQ":
             continue
-        value = values[0]
-        name = f"v{len(variables)}"
-        if isinstance(value, dict):  # PN
-            value = value.get("Alphabetic", "")
-            conditions.append(f'@."{sub_key}".Value[0].Alphabetic == ${name}')
-        else:
-            conditions.append(f'@."{sub_key}".Value[0] == ${name}')
-        if isinstance(value, str):
-            check_value(keyword, value)
-            if value in ("", "*"):
-                conditions.pop()
+        is_pn = element.get("vr") == "PN"
+        texts = [
+            (v.get("Alphabetic", "") if isinstance(v, dict) else v) for v in values if v is not None
+        ]
+        if any(isinstance(t, str) and t.strip() in ("", "*") for t in texts):
+            continue  # universal
+        path = f'@."{sub_key}".Value[0]' + (".Alphabetic" if is_pn else "")
+        alternatives = []
+        for value in texts:
+            if isinstance(value, str):
+                check_value(keyword, value)
+            if isinstance(value, str) and (is_pn or has_wildcard(value)):
+                flag = ' flag "i"' if is_pn else ""
+                alternatives.append(f"{path} like_regex {_jsonpath_regex(value)}{flag}")
                 continue
-        variables[name] = value
+            name = f"v{len(variables)}"
+            variables[name] = value
+            alternatives.append(f"{path} == ${name}")
+        conditions.append("(" + " || ".join(alternatives) + ")")
     if not conditions:
         return
     path = f'$."{key}".Value[*] ? ({" && ".join(conditions)})'

@@ -13,7 +13,7 @@ from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from edge.query.engine import FindRequest, find
-from edge.query.matching import QueryError
+from edge.query.matching import UNABLE_TO_PROCESS, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class QueryHandler:
         except psycopg.OperationalError as exc:
             log.warning("query.find: catalog unavailable: %s", type(exc).__name__)
             return {"error": {"status": OUT_OF_RESOURCES, "comment": "catalog unavailable"}}
+        except psycopg.Error as exc:  # e.g. stored data a cast cannot take: answer, never hang
+            log.error("query.find failed: %s", type(exc).__name__)
+            return {"error": {"status": UNABLE_TO_PROCESS, "comment": "query failed"}}
         capped = page.next_after is not None and len(page.matches) >= budget
         return {
             "matches": page.matches,
