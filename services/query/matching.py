@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any
@@ -166,48 +167,52 @@ def split_range(keyword: str, value: str) -> tuple[str, str] | None:
     return low.strip(), high.strip()
 
 
-def date_range(where: Where, expr: str, keyword: str, value: str) -> None:
-    if not split_values(value):
+def _range(
+    where: Where,
+    expr: str,
+    keyword: str,
+    value: str,
+    low_of: Callable[[str], Any],
+    high_of: Callable[[str], Any],
+) -> None:
+    """Range matching (PS3.4 C.2.2.2.5) of each listed value: ``a-b``, ``-b``, ``a-``; a single
+    value is the range from its earliest to its latest instant (the same for a date)."""
+    items = split_values(check_value(keyword, value))
+    if not items:
         return
     parts: list[str] = []
     params: list[Any] = []
-    for item in split_values(check_value(keyword, value)):
-        bounds = split_range(keyword, item)
-        if bounds is None:
-            parts.append(f"{expr} = %s")
-            params.append(parse_da(keyword, item))
-            continue
-        low, high = bounds
-        if low and high:
-            parts.append(f"{expr} BETWEEN %s AND %s")
-            params += [parse_da(keyword, low), parse_da(keyword, high)]
-        elif low:
-            parts.append(f"{expr} >= %s")
-            params.append(parse_da(keyword, low))
-        else:
-            parts.append(f"{expr} <= %s")
-            params.append(parse_da(keyword, high))
-    where.add(" OR ".join(parts), *params)
-
-
-def time_range(where: Where, expr: str, keyword: str, value: str) -> None:
-    if not split_values(value):
-        return
-    parts: list[str] = []
-    params: list[Any] = []
-    for item in split_values(check_value(keyword, value)):
+    for item in items:
         bounds = split_range(keyword, item)
         low, high = (item, item) if bounds is None else bounds
         if low and high:
             parts.append(f"{expr} BETWEEN %s AND %s")
-            params += [parse_tm(keyword, low, upper=False), parse_tm(keyword, high, upper=True)]
+            params += [low_of(low), high_of(high)]
         elif low:
             parts.append(f"{expr} >= %s")
-            params.append(parse_tm(keyword, low, upper=False))
+            params.append(low_of(low))
         else:
             parts.append(f"{expr} <= %s")
-            params.append(parse_tm(keyword, high, upper=True))
+            params.append(high_of(high))
     where.add(" OR ".join(parts), *params)
+
+
+def date_range(where: Where, expr: str, keyword: str, value: str) -> None:
+    def day(v: str) -> date:
+        return parse_da(keyword, v)
+
+    _range(where, expr, keyword, value, day, day)
+
+
+def time_range(where: Where, expr: str, keyword: str, value: str) -> None:
+    _range(
+        where,
+        expr,
+        keyword,
+        value,
+        lambda v: parse_tm(keyword, v, upper=False),
+        lambda v: parse_tm(keyword, v, upper=True),
+    )
 
 
 def date_time_range(

@@ -121,43 +121,35 @@ def study_query(**keys: object) -> Dataset:
     return ds
 
 
-def test_findscu_wildcard_on_patient_name_finds_both_smiths(
-    find_suite: tuple[DevSuite, dict], tmp_path: Path
-) -> None:
-    suite, studies = find_suite
-    out = tmp_path / "responses"
-    out.mkdir()
+def findscu(suite: DevSuite, out: Path, *keys: str) -> list[Dataset]:
+    """DCMTK findscu (Study Root) with ``-k`` keys; the responses it extracted (``-X``)."""
+    out.mkdir(exist_ok=True)
+    args = [arg for key in keys for arg in ("-k", key)]
     result = subprocess.run(
-        [
-            dcmtk("findscu"),
-            "-S",
-            "-aet",
-            FIND_AE,
-            "-aec",
-            suite.ae_title,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "PatientName=SMITH*",
-            "-k",
-            "StudyInstanceUID",
-            "-k",
-            "ModalitiesInStudy",
-            "-k",
-            "NumberOfStudyRelatedInstances",
-            "-X",
-            "--output-directory",
-            str(out),
-            "127.0.0.1",
-            str(suite.dicom_port),
-        ],
+        [dcmtk("findscu"), "-S", "-aet", FIND_AE, "-aec", suite.ae_title, *args, "-X"]
+        + ["--output-directory", str(out), "127.0.0.1", str(suite.dicom_port)],
         env=dcmtk_env(),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    responses = [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*"))]
+
+
+def test_findscu_wildcard_on_patient_name_finds_both_smiths(
+    find_suite: tuple[DevSuite, dict], tmp_path: Path
+) -> None:
+    suite, studies = find_suite
+    responses = findscu(
+        suite,
+        tmp_path / "responses",
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=SMITH*",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+    )
     got = {str(r.StudyInstanceUID): r for r in responses}
     assert set(got) == {studies["CF-1"], studies["CF-2"]}
     assert list(got[studies["CF-1"]].ModalitiesInStudy) == ["CT", "SR"]
@@ -166,34 +158,14 @@ def test_findscu_wildcard_on_patient_name_finds_both_smiths(
 
 def test_findscu_date_range_across_years(find_suite: tuple[DevSuite, dict], tmp_path: Path) -> None:
     suite, studies = find_suite
-    result = subprocess.run(
-        [
-            dcmtk("findscu"),
-            "-S",
-            "-aet",
-            FIND_AE,
-            "-aec",
-            suite.ae_title,
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "StudyDate=20200101-20231231",
-            "-k",
-            "StudyInstanceUID",
-            "-X",
-            "--output-directory",
-            str(tmp_path),
-            "127.0.0.1",
-            str(suite.dicom_port),
-        ],
-        env=dcmtk_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    responses = findscu(
+        suite,
+        tmp_path / "responses",
+        "QueryRetrieveLevel=STUDY",
+        "StudyDate=20200101-20231231",
+        "StudyInstanceUID",
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    uids = {str(pydicom.dcmread(p).StudyInstanceUID) for p in tmp_path.glob("rsp*")}
-    assert uids == {studies["CF-2"], studies["CF-3"]}
+    assert {str(r.StudyInstanceUID) for r in responses} == {studies["CF-2"], studies["CF-3"]}
 
 
 def test_patient_root_series_level_needs_the_keys_above(
