@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export TCP_NODELAY := 1
 
-.PHONY: run test unit integration e2e lint deploy-check bench docs clean
+.PHONY: run test unit integration e2e lint deploy-check bench bench-find docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ deploy-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+
+# The query benchmark (issue 4): loads its 100,000-study catalog once into edge_bench_find
+# (bench/catalog_load.py, ~25 min on 2 cores), then measures the query mix (docs/benchmarks.md).
+bench-find: $(STAMP)
+	$(PY) bench/find.py --reuse
 
 # docs/events.md and docs/asyncapi.yaml from the event models (a unit test fails when stale).
 docs: $(STAMP)
