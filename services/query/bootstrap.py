@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import aio_pika
@@ -49,6 +50,9 @@ class QueryService:
         )
         self._rpc = RpcServer(self._connection, {"query.find": handler})
         await self._rpc.start()
+        # What start-up allocated stays: keep it out of every later collection. Full
+        # collections over it cost ~60 ms every ~10 pages (docs/benchmarks.md, query p95s).
+        gc.freeze()
 
     async def stop(self) -> None:
         if self._rpc is not None:
