@@ -3,9 +3,7 @@ matching rule x level x information model (PS3.4 C.2.2.2, C.4.1.2.1, C.6), run t
 ``find`` over a catalog filled with a generated data set whose attributes are known.
 
 Each case's expectation is a predicate over the Python-side data set (``query_dataset``), so the
-expected matches are computed from the generated attributes, not written down by hand. A case the
-engine gets wrong may be given ``bug="..."``: it is then an ``xfail(strict=True)``, which turns
-into a failure the moment the engine is fixed, so the mark goes with the fix (none open now).
+expected matches are computed from the generated attributes, not written down by hand.
 """
 
 from __future__ import annotations
@@ -188,11 +186,6 @@ async def run(
 # --- the matching table ---------------------------------------------------------------------
 
 
-def _bug(reason: str | None) -> list[Any]:
-    """A known engine bug: the case fails until it is fixed, then the mark must go."""
-    return [pytest.mark.xfail(strict=True, reason=f"engine bug: {reason}")] if reason else []
-
-
 @dataclass(frozen=True)
 class Case:
     rule: str
@@ -206,7 +199,6 @@ class Case:
     case_sensitive: bool = False
     # What the case keeps of its scope: "some" (a non-empty proper subset), "none" or "all".
     covers: str = "some"
-    bug: str | None = None
     name: str | None = None
 
     def param(self) -> Any:
@@ -214,7 +206,6 @@ class Case:
         return pytest.param(
             self,
             id=f"{self.rule}-{self.model.value}-{self.level.name}-{label}",
-            marks=_bug(self.bug),
         )
 
 
@@ -598,7 +589,6 @@ def E(
     *,
     scope: str | None = None,
     raw: dict[str, Any] | None = None,
-    bug: str | None = None,
 ) -> Any:
     """A request the engine must refuse with ``status`` and an Error Comment naming the
     problem. ``raw`` elements are added as DICOM JSON (values pydicom would not build)."""
@@ -611,7 +601,6 @@ def E(
         status,
         fragment,
         id=f"{model.value}-{level.name}-{name}",
-        marks=_bug(bug),
     )
 
 
