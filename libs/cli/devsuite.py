@@ -81,7 +81,8 @@ class DevSuite:
             self.auth_port,
             self.query_port,
             self.s3_port,
-        ) = free_ports(7)
+            *self.s3_internal_ports,
+        ) = free_ports(7 + 7)
         self.vhost = self.name
         self.amqp_url = f"{self.amqp_base}/{self.vhost}"
         self.database_url = f"{PG_BASE}/{self.name}"
@@ -107,6 +108,8 @@ class DevSuite:
             "EDGE_STORAGE_HTTP_PORT": str(self.storage_port),
             "EDGE_AUTH_HTTP_PORT": str(self.auth_port),
             "EDGE_QUERY_HTTP_PORT": str(self.query_port),
+            # SeaweedFS's seven internal ports, picked with the others so none is picked twice.
+            "EDGE_DEV_S3_INTERNAL_PORTS": ",".join(map(str, self.s3_internal_ports)),
             "TCP_NODELAY": "1",
             **self.extra_env,
         }

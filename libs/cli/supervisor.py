@@ -66,7 +66,14 @@ def start_dev_s3(settings: CommonSettings, data_dir: Path) -> SeaweedServer:
     port = int(urlsplit(f"//{settings.s3_endpoint}").port or DEFAULT_S3_PORT)
     # The developer instance keeps SeaweedFS's internal ports fixed; any other instance (tests,
     # benchmarks beside a running `make run`) takes free ones so that both can run at once.
-    internal = SeaweedPorts.defaults() if port == DEFAULT_S3_PORT else SeaweedPorts.ephemeral()
+    # DevSuite picks them together with the suite's own ports and passes them down in
+    # EDGE_DEV_S3_INTERNAL_PORTS: two separate picks could hand the same port to both.
+    if picked := os.environ.get("EDGE_DEV_S3_INTERNAL_PORTS"):
+        internal = SeaweedPorts(port, *(int(p) for p in picked.split(",")))
+    elif port == DEFAULT_S3_PORT:
+        internal = SeaweedPorts.defaults()
+    else:
+        internal = SeaweedPorts.ephemeral()
     server = SeaweedServer(
         data_dir / "s3",
         s3_port=port,
