@@ -41,18 +41,43 @@ _FROM = {
     Level.IMAGE: "FROM instance i JOIN series r ON r.pk = i.series_pk"
     " JOIN study s ON s.pk = r.study_pk JOIN patient p ON p.pk = s.patient_pk",
 }
-# The first instance catalogued under the matched entity: where attributes without a column
-# are read from (its header is the DICOM JSON of the instance, without bulk data).
-_REPRESENTATIVE = {
-    Level.PATIENT: "LEFT JOIN LATERAL (SELECT z.header FROM study x JOIN series y"
-    " ON y.study_pk = x.pk JOIN instance z ON z.series_pk = y.pk WHERE x.patient_pk = p.pk"
-    " ORDER BY z.pk LIMIT 1) rep ON true",
-    Level.STUDY: "LEFT JOIN LATERAL (SELECT z.header FROM series y JOIN instance z"
-    " ON z.series_pk = y.pk WHERE y.study_pk = s.pk ORDER BY z.pk LIMIT 1) rep ON true",
-    Level.SERIES: "LEFT JOIN LATERAL (SELECT z.header FROM instance z WHERE z.series_pk = r.pk"
-    " ORDER BY z.pk LIMIT 1) rep ON true",
-    Level.IMAGE: "",
+# The first instance catalogued under the matched entity (the lowest key, found on
+# instance_series_pk_pk_idx without reading a header): where attributes without a column are
+# read from (its header is the DICOM JSON of the instance, without bulk data).
+_REPRESENTATIVE_PK = {
+    Level.PATIENT: "(SELECT min(z.pk) FROM study x JOIN series y ON y.study_pk = x.pk"
+    " JOIN instance z ON z.series_pk = y.pk WHERE x.patient_pk = p.pk)",
+    Level.STUDY: "(SELECT min(z.pk) FROM series y JOIN instance z ON z.series_pk = y.pk"
+    " WHERE y.study_pk = s.pk)",
+    Level.SERIES: "(SELECT min(z.pk) FROM instance z WHERE z.series_pk = r.pk)",
 }
+
+
+def _header_join(level: Level) -> str:
+    """A join that makes ``rep.header`` available to conditions (matching on the header)."""
+    if level is Level.IMAGE:
+        return ""
+    return (
+        "LEFT JOIN LATERAL (SELECT h.header FROM instance h"
+        f" WHERE h.pk = {_REPRESENTATIVE_PK[level]}) rep ON true"
+    )
+
+
+def _header_select(level: Level, keys: list[str] | None) -> str:
+    """The select-list expression of the representative header, or of just ``keys`` of it
+    (8-hex-digit tags, checked by the planner). A scalar subquery: PostgreSQL evaluates it
+    after the sort and the limit, so for the returned rows only."""
+    header = "i.header" if level is Level.IMAGE else "h.header"
+    value = header
+    if keys is not None:
+        value = "jsonb_build_object({})".format(
+            ", ".join(f"'{k}', {header} -> '{k}'" for k in keys)
+        )
+    if level is Level.IMAGE:
+        return value
+    return f"(SELECT {value} FROM instance h WHERE h.pk = {_REPRESENTATIVE_PK[level]})"
+
+
 _HEADER = {
     Level.PATIENT: "rep.header",
     Level.STUDY: "rep.header",
@@ -112,7 +137,9 @@ class FindPage:
 class _Plan:
     where: Where = field(default_factory=Where)
     returns: list[Attr] = field(default_factory=list)
-    needs_header: bool = False
+    match_header: bool = False  # a condition reads the representative header
+    header_keys: list[str] = field(default_factory=list)  # return keys read from it
+    include_all: bool = False  # the whole header is returned
 
 
 def _value_text(element: Any) -> str | None:
@@ -181,14 +208,16 @@ def plan(request: FindRequest, *, case_sensitive_names: bool = False) -> _Plan:
                 )
             continue
         result.returns.append(attr)
-        if attr.column is None and attr.computed is None:
-            result.needs_header = True
+        in_header = attr.column is None and attr.computed is None
+        if in_header:
+            result.header_keys.append(attr.key)
         if combined and tag in (STUDY_DATE, STUDY_TIME):
             continue
         if value is not None:
+            result.match_header |= in_header
             _condition(result.where, attr, value, header, request.fuzzy, case_sensitive_names)
         elif items and isinstance(items[0], dict):
-            result.needs_header = True
+            result.match_header = True
             matching.sequence(result.where, header, attr.keyword, attr.key, items[0])
     if combined:
         assert date_value is not None and time_value is not None
@@ -200,8 +229,7 @@ def plan(request: FindRequest, *, case_sensitive_names: bool = False) -> _Plan:
             break
         if UNIQUE_KEY[above] not in result.returns:
             result.returns.append(UNIQUE_KEY[above])
-    if request.include_all:
-        result.needs_header = True
+    result.include_all = request.include_all
     return result
 
 
@@ -298,14 +326,15 @@ async def find(
     columns = [key_column]
     for attr in planned.returns:
         columns.append(attr.computed or attr.column or "NULL")
-    if planned.needs_header:
-        columns.append(_HEADER[level])
+    reads_header = planned.include_all or bool(planned.header_keys)
+    if reads_header:
+        columns.append(_header_select(level, None if planned.include_all else planned.header_keys))
     where = planned.where
     if request.after is not None:
         where.add(f"{key_column} > %s", request.after)
     query = (
         f"SELECT {', '.join(columns)} {_FROM[level]}"
-        f" {_REPRESENTATIVE[level] if planned.needs_header else ''}"
+        f" {_header_join(level) if planned.match_header else ''}"
         f" WHERE {where.text()} ORDER BY {key_column} LIMIT %s OFFSET %s"
     )
     cur = await conn.execute(
@@ -315,46 +344,116 @@ async def find(
     rows = await cur.fetchall()
     more = len(rows) > request.limit
     rows = rows[: request.limit]
-    matches = [_result(request, planned, row) for row in rows]
+    render = _Renderer(request, planned)
+    matches = [render(row) for row in rows]
     return FindPage(matches, int(rows[-1][0]) if more and rows else None)
 
 
-def _result(request: FindRequest, planned: _Plan, row: tuple[Any, ...]) -> dict[str, Any]:
-    header: dict[str, Any] = (row[-1] or {}) if planned.needs_header else {}
-    out: dict[str, Any] = {}
-    if request.include_all:
-        below = {a.key for a in BY_TAG.values() if a.level.value > request.level.value}
-        out.update({k: v for k, v in header.items() if k not in below})
-    for attr, value in zip(planned.returns, row[1:], strict=False):
-        if attr.column is None and attr.computed is None:
-            out[attr.key] = header.get(attr.key, {"vr": attr.vr})
-        else:
-            out[attr.key] = _element(attr.vr, value)
-    identifier = request.identifier
-    out["00080052"] = {"vr": "CS", "Value": [request.level.name]}
-    if f"{RETRIEVE_AE_TITLE:08X}" in identifier or request.include_all:
-        if request.retrieve_ae_title:
-            out[f"{RETRIEVE_AE_TITLE:08X}"] = {"vr": "AE", "Value": [request.retrieve_ae_title]}
-    if f"{INSTANCE_AVAILABILITY:08X}" in identifier or request.include_all:
-        out[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
-    return dict(sorted(out.items()))
+class _Renderer:
+    """Rows of one query into DICOM JSON results, keys in ascending order (PS3.18 F.2.1.1).
 
+    Everything that is the same for every row — which column goes to which key, how its value
+    is converted, the constant elements — is decided once per query, not once per row."""
 
-def _element(vr: str, value: Any) -> dict[str, Any]:
-    """A catalog value as a DICOM JSON element (PS3.18 F.2)."""
-    if value is None or value == [] or value == "":
-        return {"vr": vr}
-    values = value if isinstance(value, list) else [value]
-    if vr == "PN":
-        return {"vr": vr, "Value": [_pn_json(v) for v in str(value).split("\\")]}
-    if vr == "DA":
-        return {
-            "vr": vr,
-            "Value": [v.strftime("%Y%m%d") if isinstance(v, date) else str(v) for v in values],
+    def __init__(self, request: FindRequest, planned: _Plan) -> None:
+        self.include_all = planned.include_all
+        self.has_header = planned.include_all or bool(planned.header_keys)
+        self.below = (
+            {a.key for a in BY_TAG.values() if a.level.value > request.level.value}
+            if planned.include_all
+            else set()
+        )
+        constants: dict[str, dict[str, Any]] = {
+            "00080052": {"vr": "CS", "Value": [request.level.name]}
         }
-    if vr in ("IS", "US", "UL", "SS", "SL"):
+        identifier = request.identifier
+        if f"{RETRIEVE_AE_TITLE:08X}" in identifier or request.include_all:
+            if request.retrieve_ae_title:
+                constants[f"{RETRIEVE_AE_TITLE:08X}"] = {
+                    "vr": "AE",
+                    "Value": [request.retrieve_ae_title],
+                }
+        if f"{INSTANCE_AVAILABILITY:08X}" in identifier or request.include_all:
+            constants[f"{INSTANCE_AVAILABILITY:08X}"] = {"vr": "CS", "Value": ["ONLINE"]}
+        self.constants = constants
+        # (key, column index or None for the header, converter or VR), in key order.
+        slots: dict[str, tuple[int | None, Any]] = {}
+        for index, attr in enumerate(planned.returns, start=1):
+            if attr.column is None and attr.computed is None:
+                slots[attr.key] = (None, attr.vr)
+            else:
+                slots[attr.key] = (index, _CONVERTERS.get(attr.vr) or _text_of(attr.vr))
+        for key in constants:
+            slots.pop(key, None)
+        self.order = sorted([*slots, *constants])
+        self.slots = slots
+
+    def __call__(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        header: dict[str, Any] = (row[-1] or {}) if self.has_header else {}
+        out: dict[str, Any] = {}
+        constants, slots = self.constants, self.slots
+        for key in self.order:
+            const = constants.get(key)
+            if const is not None:
+                out[key] = const
+                continue
+            index, how = slots[key]
+            if index is None:
+                out[key] = header.get(key) or {"vr": how}
+            else:
+                out[key] = how(row[index])
+        if self.include_all:
+            below = self.below
+            extra = {k: v for k, v in header.items() if k not in below and k not in out}
+            if extra:
+                out.update(extra)
+                return dict(sorted(out.items()))
+        return out
+
+
+def _text_of(vr: str) -> Any:
+    def convert(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return {"vr": vr}
+        if isinstance(value, list):
+            return {"vr": vr, "Value": [str(v) for v in value]}
+        return {"vr": vr, "Value": [str(value)]}
+
+    return convert
+
+
+def _int_of(vr: str) -> Any:
+    def convert(value: Any) -> dict[str, Any]:
+        if value is None or value == "" or value == []:
+            return {"vr": vr}
+        values = value if isinstance(value, list) else [value]
         return {"vr": vr, "Value": [int(v) for v in values]}
-    return {"vr": vr, "Value": [str(v) for v in values]}
+
+    return convert
+
+
+def _date(value: Any) -> dict[str, Any]:
+    if value is None or value == "" or value == []:
+        return {"vr": "DA"}
+    values = value if isinstance(value, list) else [value]
+    return {
+        "vr": "DA",
+        "Value": [v.strftime("%Y%m%d") if isinstance(v, date) else str(v) for v in values],
+    }
+
+
+def _person_name(value: Any) -> dict[str, Any]:
+    if value is None or value == "" or value == []:
+        return {"vr": "PN"}
+    return {"vr": "PN", "Value": [_pn_json(v) for v in str(value).split("\\")]}
+
+
+_CONVERTERS: dict[str, Any] = {
+    "PN": _person_name,
+    "DA": _date,
+    **{vr: _int_of(vr) for vr in ("IS", "US", "UL", "SS", "SL")},
+    **{vr: _text_of(vr) for vr in ("AE", "CS", "DS", "DT", "LO", "SH", "TM", "UI")},
+}
 
 
 def _pn_json(value: str) -> dict[str, str]:
