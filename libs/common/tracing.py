@@ -145,6 +145,9 @@ ALLOWED_ATTRIBUTES: frozenset[str] = frozenset(
         "aws.s3.bucket",
         "aws.s3.key",
         "edge.object.size",
+        # HTTP (http.* semantic conventions): the route template and the status, never a query.
+        "http.route",
+        "http.response.status_code",
         # Database (db.* semantic conventions): operation names, never statements or values.
         "db.system.name",
         "db.operation.name",

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute
 
 from edge.common.admission import Admission
 from edge.common.bus import EXCHANGE, AioPikaBus
+from edge.common.dicom import Status
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
 from edge.common.rpc import RpcClient, RpcTimeout
 from edge.common.runtime import Check, broker_check, store_check
@@ -25,6 +26,8 @@ from edge.listener.dimse import StoreDeps, build_ae, event_handlers
 from edge.listener.find_scp import FindDeps
 from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
+from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
+from edge.listener.stow import stow_routes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,11 +75,10 @@ class ListenerService:
             future.cancel()
             raise
 
-    def _find(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _find(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
         assert self._rpc is not None
         timeout = self.settings.find_timeout
-        future = self._on_loop(self._rpc.call("query.find", payload, timeout=timeout))
-        return future.result(timeout + 1)
+        return self._on_loop(self._rpc.call("query.find", payload, timeout=timeout))
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -139,7 +141,10 @@ class ListenerService:
             (s.dicom_host, s.dicom_port),
             block=False,
             evt_handlers=event_handlers(
-                self._admit, s.ae_title, deps, FindDeps(find=self._find, ae_title=s.ae_title)
+                self._admit,
+                s.ae_title,
+                deps,
+                FindDeps(find=self._find, ae_title=s.ae_title, timeout=s.find_timeout + 1),
             ),
         )
         log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
@@ -176,7 +181,24 @@ class ListenerService:
                 raise RpcTimeout("listener not started")
             return await self._rpc.call("query.find", payload, timeout=s.find_timeout)
 
-        return qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit)
+        def store(request: StoreRequest) -> StoreResult:  # blocking, on a worker thread
+            if self.store is None:
+                return StoreResult(Status.OUT_OF_RESOURCES, "listener not started")
+            return store_instance(
+                request,
+                store=self.store,
+                publish=self._publish,
+                max_size=s.max_instance_size,
+                deadline=s.store_deadline,
+                uploads=self._uploads,
+            )
+
+        return [
+            *qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit),
+            *stow_routes(
+                store, called_ae=s.ae_title, max_size=s.max_instance_size, spool_dir=s.spool_dir
+            ),
+        ]
 
 
 def bootstrap(settings: ListenerSettings, **adapters: Any) -> ListenerService:

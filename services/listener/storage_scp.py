@@ -1,4 +1,5 @@
-"""The C-STORE decision (PS3.4 Annex B): validate, make durable, announce, answer.
+"""The store decision, shared by C-STORE (PS3.4 Annex B) and STOW-RS (PS3.18 10.5): validate,
+make durable, announce, answer.
 
 Rule 1 of the design: success only after the object is in S3 with a server-verified checksum
 and RabbitMQ confirmed a persistent ``instance.received``. Anything else is a failure status and
@@ -41,14 +42,20 @@ Publish = Callable[[InstanceReceived, float], None]
 
 @dataclass(frozen=True)
 class StoreRequest:
-    """What the listener knows of one C-STORE: the spooled Part-10 file and the command."""
+    """What the listener knows of one instance to store: the spooled Part-10 file and what the
+    request claims of it.
+
+    A C-STORE names the SOP Class and Instance in its command; a STOW-RS part names none
+    (``None``: nothing to match) but its request may name the study (``study_uid``).
+    """
 
     path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
     calling_ae: str
     called_ae: str
     permissions: frozenset[str]
+    study_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,8 @@ def store_instance(
     try:
         for tag, value in uids.items():
             validate_uid(value, tag)
-        validate_uid(request.sop_instance_uid, "Affected SOP Instance UID")
+        if request.sop_instance_uid is not None:
+            validate_uid(request.sop_instance_uid, "Affected SOP Instance UID")
         key = instance_key(
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
         )
@@ -135,12 +143,17 @@ def store_instance(
         )
     )
     # PS3.4 B.2.3: 0xA900, the data set does not match the SOP class / instance of the command.
-    if uids["SOPInstanceUID"] != request.sop_instance_uid:
+    if request.sop_instance_uid is not None and uids["SOPInstanceUID"] != request.sop_instance_uid:
         return StoreResult(
             Status.DATASET_DOES_NOT_MATCH, "SOP Instance UID differs from the command"
         )
-    if uids["SOPClassUID"] != request.sop_class_uid:
+    if request.sop_class_uid is not None and uids["SOPClassUID"] != request.sop_class_uid:
         return StoreResult(Status.DATASET_DOES_NOT_MATCH, "SOP Class UID differs from the command")
+    # PS3.18 10.5.3: a STOW-RS request to /studies/{study} stores instances of that study only.
+    if request.study_uid is not None and uids["StudyInstanceUID"] != request.study_uid:
+        return StoreResult(
+            Status.DATASET_DOES_NOT_MATCH, "Study Instance UID differs from the request"
+        )
 
     try:
         # The store hashes the file as it reads it and has the server verify that checksum.
