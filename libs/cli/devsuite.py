@@ -80,9 +80,10 @@ class DevSuite:
             self.storage_port,
             self.auth_port,
             self.query_port,
+            self.retrieval_port,
             self.s3_port,
             *self.s3_internal_ports,
-        ) = free_ports(7 + 7)
+        ) = free_ports(8 + 7)
         self.vhost = self.name
         self.amqp_url = f"{self.amqp_base}/{self.vhost}"
         self.database_url = f"{PG_BASE}/{self.name}"
@@ -108,6 +109,7 @@ class DevSuite:
             "EDGE_STORAGE_HTTP_PORT": str(self.storage_port),
             "EDGE_AUTH_HTTP_PORT": str(self.auth_port),
             "EDGE_QUERY_HTTP_PORT": str(self.query_port),
+            "EDGE_RETRIEVAL_HTTP_PORT": str(self.retrieval_port),
             # SeaweedFS's seven internal ports, picked with the others so none is picked twice.
             "EDGE_DEV_S3_INTERNAL_PORTS": ",".join(map(str, self.s3_internal_ports)),
             "TCP_NODELAY": "1",
@@ -151,6 +153,7 @@ class DevSuite:
             self.storage_port,
             self.auth_port,
             self.query_port,
+            self.retrieval_port,
         )
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -28,11 +28,12 @@ from edge.common.store import MinioObjectStore
 from edge.ingestion.settings import IngestionSettings
 from edge.listener.settings import ListenerSettings
 from edge.query.settings import QuerySettings
+from edge.retrieval.settings import RetrievalSettings
 from edge.storage.settings import StorageSettings
 
-# Start order: auth answers admission and query answers C-FIND before the listener accepts;
-# stop in reverse.
-SERVICES = ("auth", "storage", "ingestion", "query", "listener")
+# Start order: auth answers admission, query answers C-FIND and retrieval C-MOVE/C-GET before
+# the listener accepts; stop in reverse.
+SERVICES = ("auth", "storage", "ingestion", "query", "retrieval", "listener")
 STOP_GRACE = 30.0
 
 
@@ -43,6 +44,7 @@ DEFAULT_HTTP_PORTS = {
     "storage": StorageSettings.model_fields["http_port"].default,
     "ingestion": IngestionSettings.model_fields["http_port"].default,
     "query": QuerySettings.model_fields["http_port"].default,
+    "retrieval": RetrievalSettings.model_fields["http_port"].default,
 }
 
 

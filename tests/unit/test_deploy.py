@@ -21,7 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
-SERVICES = {"listener": 8080, "ingestion": 8081, "storage": 8082, "auth": 8083, "query": 8084}
+SERVICES = {
+    "listener": 8080,
+    "ingestion": 8081,
+    "storage": 8082,
+    "auth": 8083,
+    "query": 8084,
+    "retrieval": 8085,
+}
 PLACEHOLDER = re.compile(r"change[-_]me", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL", re.IGNORECASE)
 URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", re.IGNORECASE)

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.common.settings import CommonSettings
+
+
+class RetrievalSettings(CommonSettings):
+    """Locating instances and pushing them to C-MOVE destinations. Timeouts are seconds."""
+
+    http_host: str = "0.0.0.0"
+    # EDGE_HTTP_PORT in its own container; `edge up` sets it from EDGE_RETRIEVAL_HTTP_PORT.
+    http_port: int = 8085
+    # Our AE title: the Calling AE of C-MOVE's sub-operation associations.
+    ae_title: str = "EDGE"
+    db_pool_size: int = 4
+    # One page of retrieval.locate: the default and the most a caller may ask for.
+    locate_limit: int = 5000
+    locate_max_limit: int = 10_000
+    locate_statement_timeout_ms: int = 10_000
+    # C-MOVE sub-operations (C-STORE SCU): a dead destination must fail fast, never hang the
+    # mover. Connect is the TCP connect; ACSE the association answer; DIMSE each C-STORE-RSP.
+    move_connect_timeout: float = 5.0
+    move_acse_timeout: float = 10.0
+    move_dimse_timeout: float = 30.0
+    move_network_timeout: float = 30.0
+    # Associations opened in parallel to one destination for one C-MOVE.
+    move_associations: int = 2
+    # Largest PDU we accept on the destination association (the destination picks its own).
+    move_max_pdu_size: int = 1 << 20
+    # Where objects are spooled from S3 before they are sent (None: the system default).
+    spool_dir: Path | None = None
