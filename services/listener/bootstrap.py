@@ -28,6 +28,7 @@ from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
 from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
 from edge.listener.stow import stow_routes
+from edge.listener.wado import WadoDeps, wado_routes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,8 +194,15 @@ class ListenerService:
                 uploads=self._uploads,
             )
 
+        async def locate(payload: dict[str, Any]) -> dict[str, Any]:
+            if self._rpc is None:
+                raise RpcTimeout("listener not started")
+            return await self._rpc.call("retrieval.locate", payload, timeout=s.locate_timeout)
+
+        wado = WadoDeps(locate=locate, store=lambda: self.store, prefetch=s.wado_prefetch)
         return [
             *qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit),
+            *wado_routes(wado),
             *stow_routes(
                 store, called_ae=s.ae_title, max_size=s.max_instance_size, spool_dir=s.spool_dir
             ),

@@ -31,3 +31,8 @@ class ListenerSettings(CommonSettings):
     # gets this many (PS3.18 8.3.4.4.1 maxResults). Each search is one query.find RPC, under
     # find_timeout.
     qido_max_limit: int = 1000
+    # WADO-RS/WADO-URI: seconds one retrieval.locate page may take, and how many objects a
+    # study or series retrieval fetches from S3 ahead of the one it is sending (memory: that
+    # many instances).
+    locate_timeout: float = 15.0
+    wado_prefetch: int = 4
