@@ -524,9 +524,13 @@ async def wado_uri(request: Request, deps: WadoDeps) -> Response:
     if not frame.isdigit() or int(frame) < 1:
         raise HttpProblem(400, "Bad WADO request", "frameNumber must be a positive integer")
     rows, columns = _float(query, "rows"), _float(query, "columns")
+    # PS3.18 9.1.2 rows/columns: one of them alone keeps the aspect ratio.
     viewport = None
     if rows or columns:
-        viewport = (int(columns or rows or 0), int(rows or columns or 0))
+        big = pixels.MAX_VIEWPORT
+        viewport = (int(columns) if columns else big, int(rows) if rows else big)
+        if not (0 < viewport[0] <= big and 0 < viewport[1] <= big):
+            raise HttpProblem(400, "Bad WADO request", f"rows and columns must be 1..{big}")
     center, width = _float(query, "windowCenter"), _float(query, "windowWidth")
     window = (center, width) if center is not None and width is not None and width >= 1 else None
     quality = int(_float(query, "imageQuality") or 90)
