@@ -121,6 +121,7 @@ ALLOWED_ATTRIBUTES: frozenset[str] = frozenset(
         "dicom.modality",
         "dicom.instance_count",
         "dicom.series_count",
+        "dicom.move_destination",
         "network.peer.address",
         "network.peer.port",
         # Messaging (OpenTelemetry semantic conventions) and the event envelope.
@@ -138,6 +139,7 @@ ALLOWED_ATTRIBUTES: frozenset[str] = frozenset(
         "edge.delivery_count",
         "edge.outcome",
         "edge.count",
+        "edge.failed",
         # RPC over the broker and S3 (rpc.* and aws.s3.* semantic conventions).
         "rpc.system",
         "rpc.service",

@@ -24,6 +24,8 @@ from edge.common.tracing import in_context
 from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
 from edge.listener.find_scp import FindDeps
+from edge.listener.get_scp import GetDeps
+from edge.listener.move_scp import MoveDeps, MoveStream, ThreadedStream
 from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
 from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
@@ -75,6 +77,17 @@ class ListenerService:
         except TimeoutError:
             future.cancel()
             raise
+
+    def _locate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._rpc is not None
+        timeout = self.settings.locate_timeout
+        future = self._on_loop(self._rpc.call("retrieval.locate", payload, timeout=timeout))
+        return future.result(timeout + 1)
+
+    def _move(self, payload: dict[str, Any]) -> MoveStream:
+        assert self._rpc is not None and self._loop is not None
+        timeout = self.settings.move_reply_timeout
+        return ThreadedStream(self._loop, self._rpc, "retrieval.move", payload, timeout)
 
     def _find(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
         assert self._rpc is not None
@@ -146,6 +159,8 @@ class ListenerService:
                 s.ae_title,
                 deps,
                 FindDeps(find=self._find, ae_title=s.ae_title, timeout=s.find_timeout + 1),
+                move=MoveDeps(move=self._move, timeout=s.move_reply_timeout + 1),
+                get=GetDeps(locate=self._locate, store=self.store, spool_dir=s.spool_dir),
             ),
         )
         log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)

@@ -1,5 +1,5 @@
-"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE, C-ECHO, C-STORE and C-FIND
-handlers (C-FIND itself: ``find_scp.py``).
+"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE, C-ECHO, C-STORE, C-FIND,
+C-MOVE and C-GET handlers (``find_scp.py``, ``move_scp.py``, ``get_scp.py``).
 
 pynetdicom runs each association in a thread of its own; the handlers here block that thread
 (S3 upload, confirmed publish), which is what lets several associations proceed at once.
@@ -38,6 +38,9 @@ from edge.common.dimse import (
 from edge.common.store import ObjectStore
 from edge.common.tracing import record_failure, safe_attributes
 from edge.listener.find_scp import FIND_MODELS, FindDeps, on_c_find
+from edge.listener.get_scp import GetDeps, on_c_get
+from edge.listener.move_scp import MoveDeps, on_c_move
+from edge.listener.retrieve_service import GET_MODELS, MOVE_MODELS, install
 from edge.listener.spans import association_context, end_association, start_association
 from edge.listener.storage_scp import Publish, StoreRequest, StoreResult, store_instance
 
@@ -229,15 +232,32 @@ def build_ae(
     ae.network_timeout = network_timeout
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
-        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
-    for sop_class in FIND_MODELS:
+        # Both roles may be taken: a C-GET requester proposes the SCP role for the storage SOP
+        # classes it will receive (PS3.7 D.3.3.4); a modality proposes none and stays SCU.
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for sop_class in [*FIND_MODELS, *MOVE_MODELS, *GET_MODELS]:
         ae.add_supported_context(sop_class)  # identifiers: implicit and explicit VR LE
+    install()  # C-MOVE and C-GET answered by our handlers (retrieve_service.py)
     return ae
 
 
-def event_handlers(admit: Admit, ae_title: str, deps: StoreDeps, find: FindDeps) -> list[Any]:
+def event_handlers(
+    admit: Admit,
+    ae_title: str,
+    deps: StoreDeps,
+    find: FindDeps,
+    *,
+    move: MoveDeps | None = None,
+    get: GetDeps | None = None,
+) -> list[Any]:
     """The listener's DIMSE handlers in one list, pynetdicom's idiom."""
+    retrieve: list[Any] = []
+    if move is not None:
+        retrieve.append((evt.EVT_C_MOVE, on_c_move, [move]))
+    if get is not None:
+        retrieve.append((evt.EVT_C_GET, on_c_get, [get]))
     return [
+        *retrieve,
         (evt.EVT_CONN_OPEN, on_conn_open, [admit, ae_title]),
         (evt.EVT_RELEASED, on_released),
         (evt.EVT_ABORTED, on_aborted),

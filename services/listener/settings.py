@@ -36,3 +36,6 @@ class ListenerSettings(CommonSettings):
     # many instances).
     locate_timeout: float = 15.0
     wado_prefetch: int = 4
+    # C-MOVE: seconds to wait for each reply of the retrieval service (one per sub-operation,
+    # so above its connect + ACSE + DIMSE timeouts towards a destination), else 0xA702.
+    move_reply_timeout: float = 90.0

@@ -9,10 +9,12 @@ import aio_pika
 from psycopg_pool import AsyncConnectionPool
 from starlette.routing import BaseRoute
 
+from edge.auth.registry import PsycopgAERegistry
 from edge.common.bus import RECONNECT_INTERVAL
 from edge.common.rpc import RpcServer
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
+from edge.retrieval.move import MoveHandler
 from edge.retrieval.service import LocateHandler
 from edge.retrieval.settings import RetrievalSettings
 
@@ -50,7 +52,17 @@ class RetrievalService:
         locate = LocateHandler(
             self.pool, default_limit=s.locate_limit, max_limit=s.locate_max_limit
         )
-        self._rpc = RpcServer(self._connection, {"retrieval.locate": locate})
+        if s.spool_dir is not None:
+            s.spool_dir.mkdir(parents=True, exist_ok=True)
+        # The AE registry is auth's table; retrieval only reads a destination from it.
+        registry = PsycopgAERegistry(s.database_url)
+        move = MoveHandler(self.pool, registry.get, self.store, s)
+        self._rpc = RpcServer(
+            self._connection,
+            {"retrieval.locate": locate},
+            streams={"retrieval.move": move},
+            max_streams=s.max_moves,
+        )
         await self._rpc.start()
 
     async def stop(self) -> None:

@@ -24,6 +24,8 @@ class RetrievalSettings(CommonSettings):
     move_acse_timeout: float = 10.0
     move_dimse_timeout: float = 30.0
     move_network_timeout: float = 30.0
+    # C-MOVEs one replica performs at once (more wait for a slot).
+    max_moves: int = 8
     # Associations opened in parallel to one destination for one C-MOVE.
     move_associations: int = 2
     # Largest PDU we accept on the destination association (the destination picks its own).

@@ -1,0 +1,179 @@
+"""C-GET (PS3.4 C.4.3): the matches come from the retrieval service (``retrieval.locate``, page by
+page), and each instance goes back over the requesting association as a C-STORE sub-operation
+(the requester took the SCP role for its storage SOP classes, PS3.7 D.3.3.4), streamed from S3
+through a spool file: memory stays flat whatever the study size. C-CANCEL stops it between two
+sub-operations with 0xFE00.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import Counter, Histogram
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_GET
+
+from edge.common.dicom import Status
+from edge.common.outbound import Instance, Outcome, send_instance
+from edge.common.store import ObjectStore
+from edge.common.suboperations import (
+    MAX_SUBOPERATIONS,
+    PENDING,
+    UNABLE_TO_CALCULATE,
+    Progress,
+)
+from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.retrieve_service import GET_MODELS, RetrieveResponse
+from edge.listener.spans import association_context
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+PAGE = 5000  # instances asked of retrieval.locate at a time
+
+C_GET_SECONDS = Histogram(
+    "edge_cget_seconds",
+    "C-GET handling time, from the request to the final response, by final status",
+    ["status"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+C_GET_SUBOPERATIONS = Counter(
+    "edge_cget_suboperations_total", "C-GET C-STORE sub-operations, by outcome", ["outcome"]
+)
+
+# Call ``retrieval.locate`` with a payload and return its reply; raises on timeout or no broker.
+LocateCall = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class GetDeps:
+    locate: LocateCall
+    store: ObjectStore
+    spool_dir: Path | None = None
+
+
+def _locate_error(error: dict[str, Any]) -> RetrieveResponse:
+    status = int(error.get("status") or 0xC000)
+    if status == 0xA700:  # catalog unavailable or too slow
+        status = UNABLE_TO_CALCULATE
+    return RetrieveResponse(status, comment=str(error.get("comment") or ""))
+
+
+def matches(payload: dict[str, Any], locate: LocateCall) -> list[Instance] | RetrieveResponse:
+    """Every instance the identifier names, or the refusal to answer."""
+    found: list[Instance] = []
+    request = dict(payload)
+    while True:
+        try:
+            reply = locate(request)
+        except Exception as exc:  # the retrieval service or the broker did not answer in time
+            log.error("C-GET: retrieval service unavailable: %s", type(exc).__name__)
+            return RetrieveResponse(UNABLE_TO_CALCULATE, comment="retrieval service unavailable")
+        if reply.get("error"):
+            return _locate_error(reply["error"])
+        found += [Instance.from_json(item) for item in reply["instances"]]
+        if len(found) > MAX_SUBOPERATIONS:
+            return RetrieveResponse(UNABLE_TO_CALCULATE, comment="more than 65535 instances")
+        if reply.get("next") is None:
+            return found
+        request["after"] = reply["next"]
+
+
+def _response(reply: dict[str, Any]) -> RetrieveResponse:
+    return RetrieveResponse.from_reply(reply)
+
+
+def get_responses(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]:
+    """The responses to one C-GET: a pending after each sub-operation, then the final one."""
+    permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if "get" not in permissions:
+        yield RetrieveResponse(Status.NOT_AUTHORIZED, comment=f"{calling} may not get")
+        return
+    command = cast(C_GET, event.request)
+    model = GET_MODELS.get(str(command.AffectedSOPClassUID or ""))
+    if model is None:
+        yield RetrieveResponse(0xA900, comment="information model not supported")
+        return
+    try:
+        identifier = event.identifier
+        payload: dict[str, Any] = {
+            "model": model,
+            "level": str(identifier.get("QueryRetrieveLevel", "") or "").strip(),
+            "identifier": identifier.to_json_dict(),
+            "limit": PAGE,
+        }
+    except Exception as exc:
+        log.warning("C-GET from %s: identifier cannot be decoded (%s)", calling, type(exc).__name__)
+        yield RetrieveResponse(0xC000, comment="identifier cannot be decoded")
+        return
+    found = matches(payload, deps.locate)
+    if isinstance(found, RetrieveResponse):
+        yield found
+        return
+    progress = Progress(total=len(found))
+    base_id = int(command.MessageID or 0)
+    for n, instance in enumerate(found, start=1):
+        if event.is_cancelled:
+            yield _response(progress.final(cancelled=True, reached=True))
+            return
+        result = send_instance(
+            event.assoc,
+            deps.store,
+            instance,
+            spool_dir=deps.spool_dir,
+            msg_id=(base_id + n - 1) % 65535 + 1,
+        )
+        progress.add(result)
+        C_GET_SUBOPERATIONS.labels(result.outcome.value).inc()
+        if result.outcome is Outcome.FAILED:
+            log.warning("C-GET sub-operation for %s failed: %s", result.sop, result.reason)
+        if not event.assoc.is_established:
+            return  # the requester went away
+        if progress.remaining:
+            yield _response(progress.pending())
+    yield _response(progress.final(cancelled=False, reached=True))
+
+
+def on_c_get(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]:
+    """EVT_C_GET: :func:`get_responses` under a span, timed; the span carries AE titles and
+    counts, never the identifier's values."""
+    started = time.monotonic()
+    calling = str(event.assoc.requestor.ae_title).strip()
+    span = tracer.start_span(
+        "C-GET",
+        context=association_context(event.assoc),
+        kind=SpanKind.SERVER,
+        attributes=safe_attributes({"dicom.calling_ae": calling}),
+    )
+    final = "none"
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            for response in get_responses(event, deps):
+                if response.status != PENDING:
+                    final = f"0x{response.status:04X}"
+                    span.set_attributes(
+                        safe_attributes(
+                            {
+                                "dicom.status": final,
+                                "edge.count": response.completed or 0,
+                                "edge.failed": response.failed or 0,
+                            }
+                        )
+                    )
+                yield response
+    except Exception as exc:
+        record_failure(span, exc)
+        raise
+    finally:
+        if final not in ("0x0000", "0xFE00"):
+            span.set_status(StatusCode.ERROR, final)
+        span.end()
+        C_GET_SECONDS.labels(final).observe(time.monotonic() - started)

@@ -1,0 +1,221 @@
+"""C-MOVE (PS3.4 C.4.2): forwarded to the retrieval service (``retrieval.move`` stream), whose
+progress replies become pending responses and whose final reply the final response; C-CANCEL is
+forwarded and the retrieval service ends with 0xFE00 and the counts so far.
+
+The listener checks the permission and decodes the identifier; the destination, the matching
+and the sub-operations are the retrieval service's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import Histogram
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_MOVE
+
+from edge.common.dicom import Status
+from edge.common.rpc import RpcClient, RpcStream
+from edge.common.suboperations import PENDING, UNABLE_TO_PERFORM
+from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.retrieve_service import MOVE_MODELS, RetrieveResponse
+from edge.listener.spans import association_context
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+POLL = 0.1  # seconds between looks for a C-CANCEL while waiting for the next reply
+
+C_MOVE_SECONDS = Histogram(
+    "edge_cmove_seconds",
+    "C-MOVE handling time, from the request to the final response, by final status",
+    ["status"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+
+
+class MoveStream(Protocol):
+    """The replies of one ``retrieval.move`` call, read from a pynetdicom thread."""
+
+    def get(self, timeout: float) -> tuple[str, Any] | None:
+        """("reply", payload), ("end", None) or ("error", exception); None if none came."""
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ThreadedStream:
+    """An RPC stream run on the service's event loop and read from another thread."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: RpcClient,
+        operation: str,
+        payload: dict[str, Any],
+        timeout: float,
+    ) -> None:
+        self._loop = loop
+        self._items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._stream: RpcStream | None = None
+        self._cancel_wanted = False
+        self._future = asyncio.run_coroutine_threadsafe(
+            self._pump(client, operation, payload, timeout), loop
+        )
+
+    async def _pump(
+        self, client: RpcClient, operation: str, payload: dict[str, Any], timeout: float
+    ) -> None:
+        try:
+            async with client.stream(operation, payload, timeout=timeout) as stream:
+                self._stream = stream
+                if self._cancel_wanted:
+                    await stream.cancel()
+                async for reply in stream:
+                    self._items.put(("reply", reply))
+            self._items.put(("end", None))
+        except Exception as exc:
+            self._items.put(("error", exc))
+
+    async def _cancel(self) -> None:
+        self._cancel_wanted = True
+        if self._stream is not None:
+            await self._stream.cancel()
+
+    def get(self, timeout: float) -> tuple[str, Any] | None:
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def cancel(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._cancel(), self._loop)
+
+    def close(self) -> None:
+        # Leaving the stream early cancels it on the server (RpcClient.stream).
+        self._future.cancel()
+
+
+@dataclass
+class MoveDeps:
+    move: Callable[[dict[str, Any]], MoveStream]
+    timeout: float  # longest wait for one reply of the retrieval service
+
+
+def _unavailable(last: dict[str, Any] | None, comment: str) -> RetrieveResponse:
+    """The retrieval service stopped answering: what was not done is failed (0xA702)."""
+    counts = last or {}
+    failed = int(counts.get("failed") or 0) + int(counts.get("remaining") or 0)
+    return RetrieveResponse(
+        UNABLE_TO_PERFORM,
+        completed=counts.get("completed"),
+        failed=failed if last else None,
+        warning=counts.get("warning"),
+        comment=comment,
+    )
+
+
+def move_responses(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveResponse]:
+    """The responses to one C-MOVE: pendings, then one final response."""
+    permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if "move" not in permissions:
+        yield RetrieveResponse(Status.NOT_AUTHORIZED, comment=f"{calling} may not move")
+        return
+    command = cast(C_MOVE, event.request)
+    model = MOVE_MODELS.get(str(command.AffectedSOPClassUID or ""))
+    if model is None:
+        yield RetrieveResponse(0xA900, comment="information model not supported")
+        return
+    try:
+        identifier = event.identifier
+        payload: dict[str, Any] = {
+            "model": model,
+            "level": str(identifier.get("QueryRetrieveLevel", "") or "").strip(),
+            "identifier": identifier.to_json_dict(),
+            "destination": event.move_destination or "",
+            "originator": calling,
+            "message_id": int(command.MessageID or 0),
+        }
+    except Exception as exc:
+        log.warning(
+            "C-MOVE from %s: identifier cannot be decoded (%s)", calling, type(exc).__name__
+        )
+        yield RetrieveResponse(0xC000, comment="identifier cannot be decoded")
+        return
+    stream = deps.move(payload)
+    last: dict[str, Any] | None = None
+    cancelled = False
+    deadline = time.monotonic() + deps.timeout
+    try:
+        while True:
+            # event.is_cancelled is true once per C-CANCEL: remember it.
+            if not cancelled and event.is_cancelled:
+                cancelled = True
+                stream.cancel()
+            item = stream.get(POLL)
+            if item is None:
+                if time.monotonic() > deadline:
+                    log.error("C-MOVE from %s: retrieval service did not answer in time", calling)
+                    yield _unavailable(last, "retrieval service unavailable")
+                    return
+                continue
+            kind, value = item
+            if kind != "reply":
+                log.error("C-MOVE from %s: retrieval service failed: %s", calling, value)
+                yield _unavailable(last, "retrieval service unavailable")
+                return
+            deadline = time.monotonic() + deps.timeout
+            response = RetrieveResponse.from_reply(value)
+            yield response
+            if response.status != PENDING:
+                return
+            last = value
+    finally:
+        stream.close()
+
+
+def on_c_move(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveResponse]:
+    """EVT_C_MOVE: :func:`move_responses` under a span, timed; the span carries AE titles and
+    counts, never the identifier's values."""
+    started = time.monotonic()
+    calling = str(event.assoc.requestor.ae_title).strip()
+    span = tracer.start_span(
+        "C-MOVE",
+        context=association_context(event.assoc),
+        kind=SpanKind.SERVER,
+        attributes=safe_attributes({"dicom.calling_ae": calling}),
+    )
+    final = "none"
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            for response in move_responses(event, deps):
+                if response.status != PENDING:
+                    final = f"0x{response.status:04X}"
+                    span.set_attributes(
+                        safe_attributes(
+                            {
+                                "dicom.status": final,
+                                "edge.count": response.completed or 0,
+                                "edge.failed": response.failed or 0,
+                            }
+                        )
+                    )
+                yield response
+    except Exception as exc:
+        record_failure(span, exc)
+        raise
+    finally:
+        if final not in ("0x0000", "0xFE00"):
+            span.set_status(StatusCode.ERROR, final)
+        span.end()
+        C_MOVE_SECONDS.labels(final).observe(time.monotonic() - started)

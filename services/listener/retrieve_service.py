@@ -1,0 +1,158 @@
+"""C-MOVE and C-GET responses from our own handlers, not pynetdicom's sub-operation loop.
+
+pynetdicom's Query/Retrieve SCP performs C-MOVE's sub-operations itself (it wants the
+destination's address from the handler and associates from the listener), and its C-GET sends
+only decoded data sets. Neither fits: C-MOVE's C-STOREs are the retrieval service's, and C-GET
+sends the stored bytes from a spool file. So C-MOVE and C-GET requests go to
+``EdgeRetrieveService``: it triggers ``EVT_C_MOVE`` / ``EVT_C_GET`` as pynetdicom does (the
+handlers stay bound in the listener's one list), and the handler yields
+:class:`RetrieveResponse` objects, each sent as it comes: pendings, then one final response.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, cast
+
+import pynetdicom.association as _association
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import encode
+from pynetdicom.service_class import QueryRetrieveServiceClass, ServiceClass
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from edge.common.suboperations import CANCELLED, PENDING, SUCCESS, UNABLE_TO_PROCESS, WARNING
+
+log = logging.getLogger(__name__)
+
+# The information models we retrieve from, by SOP Class (PS3.4 C.6.1, C.6.2).
+MOVE_MODELS: dict[str, str] = {
+    str(PatientRootQueryRetrieveInformationModelMove): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelMove): "STUDY",
+}
+GET_MODELS: dict[str, str] = {
+    str(PatientRootQueryRetrieveInformationModelGet): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelGet): "STUDY",
+}
+
+
+@dataclass(frozen=True)
+class RetrieveResponse:
+    """One C-MOVE or C-GET response. Counts left None are not sent (PS3.7 9.1.3/9.1.4: the
+    remaining count goes with pendings and a cancel only)."""
+
+    status: int
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    failed_uids: tuple[str, ...] = ()
+    comment: str = ""
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> RetrieveResponse:
+        """A ``retrieval.move`` reply (or a reply-shaped decision of the listener's own)."""
+        status = int(reply["status"])
+        final = status != PENDING
+        return cls(
+            status=status,
+            remaining=reply.get("remaining") if status in (PENDING, CANCELLED) else None,
+            completed=reply.get("completed"),
+            failed=reply.get("failed"),
+            warning=reply.get("warning"),
+            failed_uids=tuple(reply.get("failed_uids") or ()) if final else (),
+            comment=str(reply.get("comment") or ""),
+        )
+
+
+def _is_failure(status: int) -> bool:
+    return status not in (SUCCESS, PENDING, CANCELLED, WARNING)
+
+
+class EdgeRetrieveService(QueryRetrieveServiceClass):
+    """The Query/Retrieve service class for C-MOVE and C-GET (C-FIND stays pynetdicom's)."""
+
+    def _move_scp(self, req: C_MOVE, context: Any) -> None:
+        self._serve(req, context, C_MOVE, evt.EVT_C_MOVE)
+
+    def _get_scp(self, req: C_GET, context: Any) -> None:
+        self._serve(req, context, C_GET, evt.EVT_C_GET)
+
+    def _serve(self, req: Any, context: Any, primitive: type, event: Any) -> None:
+        cx_id = cast(int, context.context_id)
+        syntax = context.transfer_syntax[0]
+        try:
+            responses = cast(
+                Iterator[RetrieveResponse],
+                evt.trigger(
+                    self.assoc,
+                    event,
+                    {
+                        "request": req,
+                        "context": context.as_tuple,
+                        "_is_cancelled": self.is_cancelled,
+                    },
+                ),
+            )
+            for response in responses:
+                if not self.assoc.is_established:
+                    return  # the peer released or aborted: nobody to answer
+                self.dimse.send_msg(self._response(req, primitive, response, syntax), cx_id)
+                if response.status != PENDING:
+                    return
+        except Exception:
+            log.exception("%s handler failed", primitive.__name__)
+            if self.assoc.is_established:
+                failure = RetrieveResponse(UNABLE_TO_PROCESS, comment="internal error")
+                self.dimse.send_msg(self._response(req, primitive, failure, syntax), cx_id)
+
+    @staticmethod
+    def _response(req: Any, primitive: type, response: RetrieveResponse, syntax: Any) -> Any:
+        rsp = primitive()
+        rsp.MessageIDBeingRespondedTo = req.MessageID
+        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+        rsp.Status = response.status
+        rsp.NumberOfRemainingSuboperations = response.remaining
+        rsp.NumberOfCompletedSuboperations = response.completed
+        rsp.NumberOfFailedSuboperations = response.failed
+        rsp.NumberOfWarningSuboperations = response.warning
+        if response.comment and _is_failure(response.status):
+            rsp.ErrorComment = response.comment[:64]  # PS3.7 C.4: at most 64 characters
+        if response.failed_uids and response.status != PENDING:
+            # PS3.4 C.4.2.1.4.2: the Failed SOP Instance UID List is the final identifier.
+            identifier = Dataset()
+            identifier.FailedSOPInstanceUIDList = list(response.failed_uids)
+            encoded = encode(
+                identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+            rsp.Identifier = BytesIO(cast(bytes, encoded))
+        return rsp
+
+
+_ROUTED = frozenset({*MOVE_MODELS, *GET_MODELS})
+
+
+def install() -> None:
+    """Route C-MOVE and C-GET requests of this process's associations to
+    :class:`EdgeRetrieveService`. pynetdicom picks a request's service class with
+    ``uid_to_service_class`` inside ``Association._serve_request``; we wrap that one name."""
+    original = _association.uid_to_service_class
+    if getattr(original, "edge_routed", False):
+        return
+
+    def service_class(uid: str) -> type[ServiceClass]:
+        if uid in _ROUTED:
+            return EdgeRetrieveService
+        return original(uid)
+
+    service_class.edge_routed = True  # type: ignore[attr-defined]
+    _association.uid_to_service_class = service_class

@@ -1,0 +1,161 @@
+"""C-MOVE's sub-operations: several associations to one destination, each taking the next
+instance from a shared queue, spooling it from S3 and sending it by C-STORE (``outbound``).
+
+Blocking code for threads. A destination that is down fails fast (connect, ACSE and DIMSE
+timeouts; one attempt to re-associate after a lost association); what no association is left
+to send is reported failed. On cancel every worker stops after its current sub-operation and
+the rest stays remaining.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE
+
+from edge.common.dimse import NODELAY_HANDLER
+from edge.common.outbound import Instance, Outcome, SubResult, proposed_contexts, send_instance
+from edge.common.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    acse: float
+    dimse: float
+    network: float
+
+
+class Transfer:
+    """Send ``instances`` to ``destination``; ``report`` is called (from worker threads) once per
+    instance that was attempted or given up."""
+
+    def __init__(
+        self,
+        instances: list[Instance],
+        destination: Destination,
+        *,
+        calling_ae: str,
+        store: ObjectStore,
+        timeouts: Timeouts,
+        associations: int,
+        max_pdu_size: int,
+        spool_dir: Path | None,
+        originator: tuple[str, int] | None,
+        report: Callable[[SubResult], None],
+        cancelled: threading.Event,
+    ) -> None:
+        self.destination = destination
+        self.store = store
+        self.report = report
+        self.cancelled = cancelled
+        self.spool_dir = spool_dir
+        self.originator = originator
+        self._queue: queue.SimpleQueue[Instance] = queue.SimpleQueue()
+        for instance in instances:
+            self._queue.put(instance)
+        self._workers = max(1, min(associations, len(instances)))
+        self._msg_id = 0
+        self._lock = threading.Lock()
+        self.ever_associated = False
+        self._ae = AE(ae_title=calling_ae)
+        self._ae.connection_timeout = timeouts.connect
+        self._ae.acse_timeout = timeouts.acse
+        self._ae.dimse_timeout = timeouts.dimse
+        self._ae.network_timeout = timeouts.network
+        self._ae.maximum_pdu_size = max_pdu_size
+        self._contexts = proposed_contexts(instances)
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self._work, name=f"move-{i}", daemon=True)
+            for i in range(self._workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if not self.cancelled.is_set():
+            reason = "destination unreachable"
+            for instance in self._drain():
+                self.report(SubResult(instance.sop, Outcome.FAILED, None, reason))
+
+    def _drain(self) -> list[Instance]:
+        left = []
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                return left
+
+    def _next_msg_id(self) -> int:
+        with self._lock:
+            self._msg_id = self._msg_id % 65535 + 1
+            return self._msg_id
+
+    def _associate(self) -> Any | None:
+        d = self.destination
+        assoc = self._ae.associate(
+            d.host,
+            d.port,
+            contexts=self._contexts,
+            ae_title=d.ae_title,
+            evt_handlers=[NODELAY_HANDLER],
+        )
+        if assoc.is_established:
+            self.ever_associated = True
+            return assoc
+        log.warning(
+            "C-MOVE destination %s at %s:%d: %s",
+            d.ae_title,
+            d.host,
+            d.port,
+            "rejected" if assoc.is_rejected else "no association",
+        )
+        return None
+
+    def _work(self) -> None:
+        assoc = self._associate()
+        retried = False
+        try:
+            while assoc is not None and not self.cancelled.is_set():
+                try:
+                    instance = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                aet, message_id = self.originator or (None, None)
+                result = send_instance(
+                    assoc,
+                    self.store,
+                    instance,
+                    spool_dir=self.spool_dir,
+                    msg_id=self._next_msg_id(),
+                    originator_aet=aet,
+                    originator_id=message_id,
+                )
+                self.report(result)
+                if not assoc.is_established:
+                    # Aborted or timed out under us: one more association, then give up.
+                    if retried:
+                        assoc = None
+                        break
+                    retried = True
+                    assoc = self._associate()
+        finally:
+            if assoc is not None and assoc.is_established:
+                assoc.release()
