@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from edge.common.dicom import Status
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.find_encode import PendingSender
 from edge.listener.spans import association_context
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,32 @@ C_FIND_SECONDS = Histogram(
 )
 C_FIND_MATCHES = Counter("edge_cfind_matches_total", "Pending C-FIND responses sent")
 
-# Call ``query.find`` with a payload and return its reply; raises on timeout or no broker.
-FindCall = Callable[[dict[str, Any]], dict[str, Any]]
+# Start a ``query.find`` call with a payload; its future holds the reply, or raises when the
+# query service or the broker does not answer.
+FindCall = Callable[[dict[str, Any]], "Future[dict[str, Any]]"]
 
 
 @dataclass
 class FindDeps:
     find: FindCall
     ae_title: str
+    timeout: float = 16.0  # seconds to wait for one page
+
+
+@dataclass(frozen=True)
+class Match:
+    """One pending response: a match as DICOM JSON, and the character sets the requester
+    named (the response's is chosen from them when it is encoded)."""
+
+    identifier: dict[str, Any]
+    requested_charsets: list[str]
+
+    def to_dataset(self) -> Dataset:
+        ds = Dataset.from_json(self.identifier)
+        charset = response_charset(self.identifier, self.requested_charsets)
+        if charset:
+            ds.SpecificCharacterSet = charset
+        return ds
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -92,8 +112,11 @@ def _requested_charsets(identifier: Dataset) -> list[str]:
     return [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
 
 
-def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """The responses to one C-FIND: pendings, then one final status."""
+def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, Match | None]]:
+    """The responses to one C-FIND: pendings (with their match), then one final status.
+
+    The next page is asked for as soon as a page arrives, so that the query service looks for
+    it while this one is being sent."""
     permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
     calling = str(event.assoc.requestor.ae_title).strip()
     if "find" not in permissions:
@@ -125,44 +148,62 @@ def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, D
         yield _status(0xA900, "QueryRetrieveLevel missing"), None
         return
     charsets = _requested_charsets(identifier)
-    while True:
-        if event.is_cancelled:
-            yield CANCELLED, None
-            return
-        try:
-            reply = deps.find(payload)
-        except Exception as exc:  # the query service or the broker did not answer in time
-            log.error("C-FIND from %s: query service unavailable: %s", calling, exc)
-            yield _status(0xA700, "query service unavailable"), None
-            return
-        error = reply.get("error")
-        if error:
-            yield _status(int(error["status"]), str(error.get("comment", ""))), None
-            return
-        for match in reply["matches"]:
+    if event.is_cancelled:
+        yield CANCELLED, None
+        return
+    pending: Future[dict[str, Any]] | None = _ask(deps, payload)
+    try:
+        while pending is not None:
+            try:
+                reply = pending.result(deps.timeout)
+            except Exception as exc:  # the query service or the broker did not answer in time
+                log.error("C-FIND from %s: query service unavailable: %s", calling, exc)
+                yield _status(0xA700, "query service unavailable"), None
+                return
+            pending = None
+            error = reply.get("error")
+            if error:
+                yield _status(int(error["status"]), str(error.get("comment", ""))), None
+                return
+            found = reply["matches"]
+            payload["returned"] += len(found)
+            if reply.get("next") is not None and not reply.get("capped"):
+                payload["after"] = reply["next"]
+                pending = _ask(deps, dict(payload))
+            for match in found:
+                if event.is_cancelled:
+                    yield CANCELLED, None
+                    return
+                C_FIND_MATCHES.inc()
+                yield PENDING, Match(match, charsets)
+            if reply.get("capped"):
+                # PS3.4 has no status for "too many matches": refuse the rest, and say why.
+                yield _status(0xA700, f"more than {payload['returned']} matches; narrow it"), None
+                return
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
-            ds = Dataset.from_json(match)
-            charset = response_charset(match, charsets)
-            if charset:
-                ds.SpecificCharacterSet = charset
-            C_FIND_MATCHES.inc()
-            yield PENDING, ds
-        payload["returned"] += len(reply["matches"])
-        if reply.get("capped"):
-            # PS3.4 has no status for "too many matches": refuse the rest, and say why.
-            yield _status(0xA700, f"more than {payload['returned']} matches; narrow it"), None
-            return
-        if reply.get("next") is None:
-            break
-        payload["after"] = reply["next"]
-    yield Status.SUCCESS, None
+        yield Status.SUCCESS, None
+    finally:
+        if pending is not None:
+            pending.cancel()  # cancelled or failed: the next page is not wanted
+
+
+def _ask(deps: FindDeps, payload: dict[str, Any]) -> Future[dict[str, Any]]:
+    try:
+        return deps.find(payload)
+    except Exception as exc:  # e.g. the listener is stopping: the failure is in the future
+        failed: Future[dict[str, Any]] = Future()
+        failed.set_exception(exc)
+        return failed
 
 
 def on_c_find(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """EVT_C_FIND: :func:`matches` under a span, timed; the span carries AE titles, the level
-    and counts, never the identifier's values."""
+    and counts, never the identifier's values.
+
+    Pending responses go straight to the association (:mod:`find_encode`) where they can;
+    the others, and the final response, through pynetdicom."""
     started = time.monotonic()
     calling = str(event.assoc.requestor.ae_title).strip()
     span = tracer.start_span(
@@ -173,15 +214,20 @@ def on_c_find(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset,
     )
     final = "0x0000"
     count = 0
+    sender = PendingSender.for_event(event)
     try:
         with trace.use_span(span, end_on_exit=False):
-            for status, identifier in matches(event, deps):
-                code = int(status.Status) if isinstance(status, Dataset) else int(status)
-                if code == PENDING:
+            for status, match in matches(event, deps):
+                if match is not None:
                     count += 1
-                else:
-                    final = f"0x{code:04X}"
-                yield status, identifier
+                    if sender is None or not sender.send(
+                        match.identifier, match.requested_charsets
+                    ):
+                        yield PENDING, match.to_dataset()
+                    continue
+                code = int(status.Status) if isinstance(status, Dataset) else int(status)
+                final = f"0x{code:04X}"
+                yield status, None
     except Exception as exc:
         record_failure(span, exc)
         log.exception("C-FIND handler failed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,7 +11,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from edge.listener.find_scp import FindDeps, matches, response_charset
+from edge.listener.find_scp import FindDeps, Match, matches, response_charset
 
 
 def study(uid: str, name: str = "Doe^J") -> dict[str, Any]:
@@ -28,9 +29,11 @@ class FakeQuery:
         self.pages = pages
         self.asked: list[dict[str, Any]] = []
 
-    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, payload: dict[str, Any]) -> Future[dict[str, Any]]:
         self.asked.append(dict(payload))
-        return self.pages[len(self.asked) - 1]
+        answered: Future[dict[str, Any]] = Future()
+        answered.set_result(self.pages[len(self.asked) - 1])
+        return answered
 
 
 def event(*, permissions: frozenset[str] = frozenset({"find"}), cancel_after: int | None = None):
@@ -58,9 +61,10 @@ def event(*, permissions: frozenset[str] = frozenset({"find"}), cancel_after: in
 
 def run(ev: Any, state: dict[str, int], deps: FindDeps) -> list[tuple[int, Dataset | None]]:
     out = []
-    for status, ds in matches(ev, deps):
+    for status, match in matches(ev, deps):
         code = int(status.Status) if isinstance(status, Dataset) else int(status)
-        out.append((code, ds if ds is not None else status))
+        assert isinstance(match, Match | None)
+        out.append((code, match.to_dataset() if match is not None else status))
         state["seen"] += 1
     return out
 
@@ -83,7 +87,20 @@ def test_pages_are_asked_for_until_the_last_and_every_match_is_pending() -> None
     assert (query.asked[1]["after"], query.asked[1]["returned"]) == (42, 2)
 
 
-def test_cancel_ends_with_fe00_and_asks_for_no_further_page() -> None:
+def test_the_next_page_is_asked_for_before_this_one_is_sent() -> None:
+    query = FakeQuery(
+        [
+            {"matches": [study("1.1"), study("1.2")], "next": 42, "capped": False},
+            {"matches": [study("1.3")], "next": None, "capped": False},
+        ]
+    )
+    ev, _ = event()
+    responses = matches(ev, FindDeps(query, "EDGE"))
+    code, _match = next(responses)
+    assert code == 0xFF00 and len(query.asked) == 2
+
+
+def test_cancel_ends_with_fe00_and_asks_for_nothing_past_the_page_ahead() -> None:
     query = FakeQuery(
         [
             {"matches": [study("1.1"), study("1.2")], "next": 42, "capped": False},
@@ -93,7 +110,7 @@ def test_cancel_ends_with_fe00_and_asks_for_no_further_page() -> None:
     ev, state = event(cancel_after=1)
     out = run(ev, state, FindDeps(query, "EDGE"))
     assert [code for code, _ in out] == [0xFF00, 0xFE00]
-    assert len(query.asked) == 1
+    assert len(query.asked) == 2  # the page asked for ahead, and no other
 
 
 def test_engine_error_becomes_the_final_status_with_its_comment() -> None:
@@ -105,8 +122,10 @@ def test_engine_error_becomes_the_final_status_with_its_comment() -> None:
 
 
 def test_query_service_down_is_a_refusal_not_a_hang() -> None:
-    def down(payload: dict[str, Any]) -> dict[str, Any]:
-        raise TimeoutError("no reply")
+    def down(payload: dict[str, Any]) -> Future[dict[str, Any]]:
+        failed: Future[dict[str, Any]] = Future()
+        failed.set_exception(TimeoutError("no reply"))
+        return failed
 
     ev, state = event()
     [(code, status)] = run(ev, state, FindDeps(down, "EDGE"))
