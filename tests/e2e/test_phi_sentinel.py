@@ -109,7 +109,41 @@ def test_planted_demographics_appear_in_no_span_and_no_log_line(
     sent = client.storescu(study, "-xe")
     assert sent.returncode == 0, sent.stderr[-2000:]
     assert send_raw(refused, port=traced_suite.dicom_port) == Status.CANNOT_UNDERSTAND
-    assert client.wait_for_instances(len(study)) == len(study)
+    # DICOMweb too: one more planted instance by STOW-RS beside a refused one (another study's),
+    # then its metadata and a rendering, which read the planted header and pixels back.
+    [stowed] = generate_ct_study(tmp_path / "stow", series=1, per_series=1, rows=32, cols=32)
+    stowed = plant(stowed, StudyInstanceUID=study_uid)
+    [stranger] = generate_ct_study(tmp_path / "stranger", series=1, per_series=1, rows=8, cols=8)
+    stranger = plant(stranger)
+    web = f"http://127.0.0.1:{traced_suite.http_port}/dicom-web"
+    boundary = "phi-sentinel"
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + p.read_bytes()
+            + b"\r\n"
+            for p in (stowed, stranger)
+        )
+        + f"--{boundary}--".encode()
+    )
+    stow = urllib.request.Request(
+        f"{web}/studies/{study_uid}",
+        data=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+    )
+    with urllib.request.urlopen(stow, timeout=60) as answer:
+        assert answer.status == 202
+    assert client.wait_for_instances(len(study) + 1) == len(study) + 1
+    stowed_ds = pydicom.dcmread(stowed)
+    instance_url = (
+        f"{web}/studies/{study_uid}/series/{stowed_ds.SeriesInstanceUID}"
+        f"/instances/{stowed_ds.SOPInstanceUID}"
+    )
+    for url in (f"{web}/studies/{study_uid}/metadata", f"{instance_url}/rendered"):
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            assert answer.status == 200
 
     log = traced_suite.log_path
     stored = wait_for_span(
@@ -153,6 +187,11 @@ def test_planted_demographics_appear_in_no_span_and_no_log_line(
         s["attributes"].get("dicom.sop_instance_uid"): s for s in spans if s["name"] == "C-STORE"
     }
     assert sop_uids <= set(c_stores), "a stored instance has no C-STORE span"
+    stow_statuses = sorted(
+        s["attributes"]["dicom.status"] for s in spans if s["name"] == "STOW-RS instance"
+    )
+    assert stow_statuses == ["0x0000", "0xA900"]
+    assert any(s["name"] == "WADO metadata" for s in spans)
     assert all(c_stores[uid]["attributes"]["dicom.status"] == "0x0000" for uid in sop_uids)
     assert c_stores[refused_uid]["attributes"]["dicom.status"] == "0xC000"
     refusal_logs = [line for line in lines if "refused with 0xC000" in line["message"]]
