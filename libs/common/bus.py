@@ -100,7 +100,9 @@ class ConsumerQueue:
 
 # Which service consumes which event: one screen shows the flow.
 INGESTION_INSTANCE_RECEIVED = ConsumerQueue("ingestion.instance-received", ("instance.received",))
-CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (INGESTION_INSTANCE_RECEIVED,)
+# Declared by every service, so audit events published while auth is down wait here for it.
+AUTH_AUDIT = ConsumerQueue("auth.audit", ("audit.#",))
+CONSUMER_QUEUES: tuple[ConsumerQueue, ...] = (INGESTION_INSTANCE_RECEIVED, AUTH_AUDIT)
 
 
 class BusError(Exception):

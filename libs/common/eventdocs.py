@@ -24,6 +24,7 @@ from edge.common.dicom import instance_key, study_prefix
 from edge.common.events import (
     ALL_EVENTS,
     CONTENT_TYPE,
+    AuditEvent,
     CatalogEvent,
     Event,
     to_headers,
@@ -114,10 +115,142 @@ EXAMPLE_VALUES: dict[str, Any] = {
 }
 
 
+_SCANNER = {
+    "user_id": "CT_SCANNER_1",
+    "kind": "ae",
+    "is_requestor": True,
+    "network_access_point": "10.20.0.31",
+    "network_access_point_type": 2,
+    "roles": [{"code": "110153", "system": "DCM", "meaning": "Source Role ID"}],
+}
+_EDGE_AE = {
+    "user_id": "EDGE",
+    "kind": "ae",
+    "is_requestor": False,
+    "network_access_point": None,
+    "network_access_point_type": None,
+    "roles": [{"code": "110152", "system": "DCM", "meaning": "Destination Role ID"}],
+}
+_VIEWER = {**_SCANNER, "user_id": "VIEWER_7", "network_access_point": "10.20.4.12", "roles": []}
+_STUDY_OBJECT = {
+    "object_id": _STUDY,
+    "type_code": 2,
+    "role": 3,
+    "id_type": {"code": "110180", "system": "DCM", "meaning": "Study Instance UID"},
+    "lifecycle": None,
+    "details": [],
+    "sop_classes": [{"uid": _CT, "count": 120}],
+}
+_PATIENT_OBJECT = {
+    "object_id": sha256(b"an HMAC-SHA-256 of the Patient ID").hexdigest(),
+    "type_code": 1,
+    "role": 1,
+    "id_type": {"code": "2", "system": "RFC-3881", "meaning": "Patient Number"},
+    "lifecycle": None,
+    "details": [],
+    "sop_classes": [],
+}
+# Audit events: one realistic message per event, rather than values made from the schema.
+EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "audit.user-authentication": {
+        "outcome": 0,
+        "outcome_description": None,
+        "event_types": [{"code": "110122", "system": "DCM", "meaning": "Login"}],
+        "action": "E",
+        "source": "edge-listener",
+        "participants": [_SCANNER, _EDGE_AE],
+        "objects": [],
+    },
+    "audit.security-alert": {
+        "event_types": [{"code": "110126", "system": "DCM", "meaning": "Node Authentication"}],
+        "action": "E",
+        "outcome": 4,
+        "outcome_description": "calling AE 'UNKNOWN_AE' is not registered",
+        "source": "edge-listener",
+        "participants": [{**_SCANNER, "user_id": "UNKNOWN_AE"}, _EDGE_AE],
+        "objects": [
+            {
+                "object_id": "UNKNOWN_AE",
+                "type_code": 2,
+                "role": 13,
+                "id_type": {"code": "110182", "system": "DCM", "meaning": "Node ID"},
+                "lifecycle": None,
+                "details": [{"type": "change", "value": "refused"}],
+                "sop_classes": [],
+            }
+        ],
+    },
+    "audit.query": {
+        "outcome": 0,
+        "outcome_description": None,
+        "action": "E",
+        "source": "edge-listener",
+        "participants": [
+            _VIEWER,
+            {
+                "user_id": "edge-listener",
+                "kind": "application",
+                "is_requestor": False,
+                "network_access_point": None,
+                "network_access_point_type": None,
+                "roles": [{"code": "110150", "system": "DCM", "meaning": "Application"}],
+            },
+        ],
+        "objects": [
+            {
+                "object_id": "1.2.840.10008.5.1.4.1.2.2.1",
+                "type_code": 2,
+                "role": 24,
+                "id_type": {"code": "110181", "system": "DCM", "meaning": "SOP Class UID"},
+                "details": [
+                    {"type": "QueryRetrieveLevel", "value": "STUDY"},
+                    {"type": "00100010", "value": sha256(b"a keyed hash of the value").hexdigest()},
+                    {"type": "0020000D", "value": ""},
+                ],
+                "lifecycle": None,
+                "sop_classes": [],
+            }
+        ],
+    },
+    "audit.instances-transferred": {
+        "outcome": 0,
+        "outcome_description": None,
+        "action": "C",
+        "source": "edge-listener",
+        "participants": [_SCANNER, _EDGE_AE],
+        "objects": [_STUDY_OBJECT, _PATIENT_OBJECT],
+    },
+    "audit.export": {
+        "outcome": 0,
+        "outcome_description": None,
+        "action": "R",
+        "source": "edge-retrieval",
+        "participants": [
+            {
+                "user_id": "him_officer",
+                "kind": "user",
+                "is_requestor": True,
+                "network_access_point": "10.20.9.5",
+                "network_access_point_type": 2,
+                "roles": [],
+            },
+            {**_VIEWER, "user_id": "CONSULT_PACS", "is_requestor": False},
+        ],
+        "objects": [_STUDY_OBJECT, _PATIENT_OBJECT],
+    },
+}
+
+
 def example(cls: type[Event]) -> Event:
     """A valid, fixed instance of ``cls``: same output on every run."""
     schema = cls.model_json_schema()
-    given = {"id": str(uuid5(NAMESPACE_URL, f"urn:edge:{cls.name}")), "time": _TIME}
+    given = {
+        "id": str(uuid5(NAMESPACE_URL, f"urn:edge:{cls.name}")),
+        "time": _TIME,
+        **EVENT_EXAMPLES.get(cls.name, {}),
+    }
+    if issubclass(cls, AuditEvent):
+        given["event"] = cls.event_id.model_dump()
     return cls.model_validate(_fill(schema, schema.get("$defs", {}), given))
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SPEC_VERSION = "1.0"
 TYPE_PREFIX = "org.dicom-edge."
@@ -174,6 +174,212 @@ class AeChanged(Event):
     change: Literal["added", "updated", "removed"] = Field(description="What happened to it.")
 
 
+# -- audit (DICOM PS3.15 A.5) ---------------------------------------------------------------
+
+
+class AuditCode(BaseModel):
+    """A coded value of the audit message (PS3.15 A.5.1: ``csd-code``, ``codeSystemName``,
+    ``originalText``), e.g. (110112, DCM, "Query")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(description="Code value (`csd-code`), e.g. `110112`.")
+    system: str = Field("DCM", description="Coding scheme (`codeSystemName`): `DCM`, `RFC-3881`.")
+    meaning: str = Field(description="Code meaning (`originalText`), e.g. `Query`.")
+
+
+class AuditParticipant(BaseModel):
+    """An active participant (PS3.15 A.5.1 ``ActiveParticipant``): a remote AE, a user, or one of
+    the suite's own applications."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_id: str = Field(
+        description="`UserID`: an AE title, a user's login, or `edge-<service>` for the suite."
+    )
+    kind: Literal["ae", "user", "application"] = Field(
+        description="What `user_id` identifies (the suite's filter key; not in the XML)."
+    )
+    is_requestor: bool = Field(description="`UserIsRequestor`: this participant asked for it.")
+    network_access_point: str | None = Field(
+        None, description="`NetworkAccessPointID`: the peer's IP address (or host name)."
+    )
+    network_access_point_type: Literal[1, 2, 5] | None = Field(
+        None, description="`NetworkAccessPointTypeCode`: 1 machine name, 2 IP address, 5 URI."
+    )
+    roles: list[AuditCode] = Field(
+        default=[],
+        description="`RoleIDCode`s: (110153, DCM, Source Role ID), (110152, DCM, Destination "
+        "Role ID), (110150, DCM, Application)...",
+    )
+
+
+class AuditDetail(BaseModel):
+    """A ``ParticipantObjectDetail`` pair. Query keys travel as ``tag`` = the attribute tag and
+    ``value`` = the keyed hash of its value (empty for a return key), never the value itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str = Field(description="Detail type: a tag `GGGGEEEE`, or a word such as `change`.")
+    value: str = Field(description="The value: a keyed hash (hex) for query values.")
+
+
+class AuditSopClass(BaseModel):
+    """SOP classes of the instances concerned (PS3.15 A.5.1 ``SOPClass``, DICOM extension)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uid: UID = Field(description="SOP Class UID.")
+    count: int = Field(ge=0, description="`NumberOfInstances` of that class.")
+
+
+class AuditObject(BaseModel):
+    """A participant object (PS3.15 A.5.1 ``ParticipantObjectIdentification``): a study by its
+    UID, a patient by a keyed SHA-256 of the Patient ID (never the ID, name or birth date), a
+    query by its SOP class with its keys' tags and hashed values, a registry entry or a user."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    object_id: str = Field(
+        description="`ParticipantObjectID`: Study Instance UID, patient hash (HMAC-SHA-256 hex of "
+        "the Patient ID under `EDGE_AUDIT_HASH_KEY`), SOP Class UID of a query, AE title, login."
+    )
+    type_code: Literal[1, 2, 3, 4] = Field(
+        description="`ParticipantObjectTypeCode`: 1 person, 2 system object, 3 organization, "
+        "4 other."
+    )
+    role: int = Field(
+        ge=1,
+        le=24,
+        description="`ParticipantObjectTypeCodeRole` (RFC 3881): 1 patient, 3 report, "
+        "6 user, 13 security resource, 24 query...",
+    )
+    id_type: AuditCode = Field(
+        description="`ParticipantObjectIDTypeCode`: (110180, DCM, Study Instance UID), "
+        "(2, RFC-3881, Patient Number), (110181, DCM, SOP Class UID), (110182, DCM, Node ID)..."
+    )
+    lifecycle: int | None = Field(
+        None, description="`ParticipantObjectDataLifeCycle`: 1 origination, 6 access/use..."
+    )
+    details: list[AuditDetail] = Field(
+        default=[], description="`ParticipantObjectDetail`s (query keys, a change)."
+    )
+    sop_classes: list[AuditSopClass] = Field(
+        default=[], description="`SOPClass` elements: instances of a study, by class."
+    )
+
+
+class AuditEvent(Event):
+    """Base of the audit events: one DICOM audit message (PS3.15 A.5) as a model. Subclasses fix
+    the routing key and the EventID; ``time`` (ce-time) is the `EventDateTime`."""
+
+    event_id: ClassVar[AuditCode]
+
+    event: AuditCode = Field(description="`EventID` (PS3.15 A.5.2, CID 400).")
+    event_types: list[AuditCode] = Field(
+        default=[], description="`EventTypeCode`s (CID 401), e.g. (110122, DCM, Login)."
+    )
+    action: Literal["C", "R", "U", "D", "E"] = Field(
+        description="`EventActionCode`: create, read, update, delete, execute."
+    )
+    outcome: Literal[0, 4, 8, 12] = Field(
+        description="`EventOutcomeIndicator`: 0 success, 4 minor failure, 8 serious failure, "
+        "12 major failure."
+    )
+    outcome_description: str | None = Field(
+        None, description="`EventOutcomeDescription`: the suite's own words, never peer data."
+    )
+    source: str = Field(description="`AuditSourceID`: the service that saw it, `edge-<service>`.")
+    participants: list[AuditParticipant] = Field(description="`ActiveParticipant`s.")
+    objects: list[AuditObject] = Field(
+        default=[], description="`ParticipantObjectIdentification`s."
+    )
+
+    @model_validator(mode="after")
+    def _event_matches_routing_key(self) -> AuditEvent:
+        if self.event.code != self.event_id.code:
+            raise ValueError(f"{self.name} carries EventID {self.event_id.code}")
+        return self
+
+    def subject(self) -> str | None:
+        """The first Study Instance UID among the participant objects, if any."""
+        for obj in self.objects:
+            if obj.id_type.code == "110180":
+                return obj.object_id
+        return None
+
+
+def _dcm(code: str, meaning: str) -> AuditCode:
+    return AuditCode(code=code, system="DCM", meaning=meaning)
+
+
+class UserAuthenticationAudited(AuditEvent):
+    """A party authenticated, or failed to (PS3.15 A.5.3.14 User Authentication): an association
+    accepted (a remote AE "logs in"), a user's login or logout. Event type (110122, Login) or
+    (110123, Logout); outcome 0 or 4 (wrong credentials), 8 when the check itself was
+    unavailable."""
+
+    name: ClassVar[str] = "audit.user-authentication"
+    event_id: ClassVar[AuditCode] = _dcm("110114", "User Authentication")
+
+    event: AuditCode = Field(event_id, description="`EventID`: (110114, DCM, User Authentication).")
+
+
+class SecurityAlertAudited(AuditEvent):
+    """Something the security officer must see (PS3.15 A.5.3.11 Security Alert): an association
+    refused (unknown AE, wrong address, wrong called AE: (110126, Node Authentication)), an
+    operation refused for lack of permission ((110132, Use of Restricted Function)), the AE
+    registry edited ((110129, Security Configuration)), users or roles changed ((110137, User
+    Security Attributes Changed), (110136, Security Roles Changed))."""
+
+    name: ClassVar[str] = "audit.security-alert"
+    event_id: ClassVar[AuditCode] = _dcm("110113", "Security Alert")
+
+    event: AuditCode = Field(event_id, description="`EventID`: (110113, DCM, Security Alert).")
+
+
+class QueryAudited(AuditEvent):
+    """A C-FIND or QIDO-RS query (PS3.15 A.5.3.12 Query): the requester, and the query as its SOP
+    class with each key's tag and a keyed hash of its value."""
+
+    name: ClassVar[str] = "audit.query"
+    event_id: ClassVar[AuditCode] = _dcm("110112", "Query")
+
+    event: AuditCode = Field(event_id, description="`EventID`: (110112, DCM, Query).")
+
+
+class InstancesTransferredAudited(AuditEvent):
+    """Instances moved between nodes (PS3.15 A.5.3.5 DICOM Instances Transferred), one message per
+    study: stored here (C-STORE, STOW-RS; action C) or sent out (C-MOVE to its destination,
+    C-GET, WADO-RS; action R). Source and destination as participants, the study with its SOP
+    classes and counts, the patient as a hash."""
+
+    name: ClassVar[str] = "audit.instances-transferred"
+    event_id: ClassVar[AuditCode] = _dcm("110104", "DICOM Instances Transferred")
+
+    event: AuditCode = Field(
+        event_id, description="`EventID`: (110104, DCM, DICOM Instances Transferred)."
+    )
+
+
+class ExportAudited(AuditEvent):
+    """Data left the suite's security domain (PS3.15 A.5.3.6 Export): a released study."""
+
+    name: ClassVar[str] = "audit.export"
+    event_id: ClassVar[AuditCode] = _dcm("110106", "Export")
+
+    event: AuditCode = Field(event_id, description="`EventID`: (110106, DCM, Export).")
+
+
+AUDIT_EVENTS: tuple[type[AuditEvent], ...] = (
+    UserAuthenticationAudited,
+    SecurityAlertAudited,
+    QueryAudited,
+    InstancesTransferredAudited,
+    ExportAudited,
+)
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     InstanceReceived,
     InstanceStored,
@@ -181,6 +387,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     StudyArrived,
     StudyUpdated,
     AeChanged,
+    *AUDIT_EVENTS,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.ce_type(): cls for cls in ALL_EVENTS}
 EVENTS_BY_NAME: dict[str, type[Event]] = {cls.name: cls for cls in ALL_EVENTS}

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_S3_ACCESS_KEY = "edge-dev-access"
 DEV_S3_SECRET_KEY = "edge-dev-secret-change-me"
+DEV_AUDIT_HASH_KEY = "edge-dev-audit-key-change-me"
 
 
 def is_placeholder(secret: str) -> bool:
@@ -42,6 +43,10 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     # Deadline for one RPC round trip (seconds); callers map a timeout to a DICOM failure status.
     rpc_timeout: float = 5.0
+    # Key of the HMAC-SHA-256 that stands for a Patient ID (and query values) in audit events:
+    # without it a dictionary of IDs cannot be matched against the audit trail. Keep it stable:
+    # a new key makes new hashes, so one patient's events before and after no longer match.
+    audit_hash_key: SecretStr = SecretStr(DEV_AUDIT_HASH_KEY)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> CommonSettings:
@@ -49,6 +54,11 @@ class CommonSettings(BaseSettings):
             if is_placeholder(self.s3_secret_key.get_secret_value()):
                 raise ValueError(
                     "EDGE_S3_SECRET_KEY is still the development placeholder; "
+                    "set a real secret or EDGE_ENVIRONMENT=dev"
+                )
+            if is_placeholder(self.audit_hash_key.get_secret_value()):
+                raise ValueError(
+                    "EDGE_AUDIT_HASH_KEY is still the development placeholder; "
                     "set a real secret or EDGE_ENVIRONMENT=dev"
                 )
         return self

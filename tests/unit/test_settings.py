@@ -16,7 +16,19 @@ def test_placeholder_s3_secret_is_refused_in_production(secret: str) -> None:
 
 def test_real_secret_is_accepted_in_production_and_placeholder_in_dev() -> None:
     assert (
-        CommonSettings(environment="production", s3_secret_key="x9-long-random").environment
+        CommonSettings(
+            environment="production", s3_secret_key="x9-long-random", audit_hash_key="k3y-random"
+        ).environment
         == "production"
     )
     assert CommonSettings(environment="dev").s3_secret_key.get_secret_value().endswith("change-me")
+
+
+def test_placeholder_audit_hash_key_is_refused_in_production() -> None:
+    with pytest.raises(ValidationError, match="EDGE_AUDIT_HASH_KEY"):
+        CommonSettings(environment="test", s3_secret_key="x9-long-random")
+
+
+def test_real_audit_hash_key_is_accepted_outside_dev() -> None:
+    settings = CommonSettings(environment="test", s3_secret_key="x9", audit_hash_key="k3y")
+    assert settings.audit_hash_key.get_secret_value() == "k3y"
