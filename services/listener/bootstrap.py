@@ -54,6 +54,11 @@ class ListenerService:
         self._cache: AdmissionCache | None = None
         self._server: Any = None
         self._uploads: ThreadPoolExecutor | None = None
+        # WADO's S3 reads: enough threads for the objects one retrieval fetches ahead, and some
+        # for a second retrieval at the same time.
+        self._readers = ThreadPoolExecutor(
+            max(2, 2 * settings.wado_prefetch), thread_name_prefix="s3-get"
+        )
 
     # -- blocking bridges, called from pynetdicom's association threads -------------------------
 
@@ -178,6 +183,7 @@ class ListenerService:
                 assoc.abort()
         if self._uploads is not None:
             self._uploads.shutdown(wait=False, cancel_futures=True)
+        self._readers.shutdown(wait=False, cancel_futures=True)
         if self._rpc is not None:
             await self._rpc.stop()
         if self.bus is not None:
@@ -214,7 +220,9 @@ class ListenerService:
                 raise RpcTimeout("listener not started")
             return await self._rpc.call("retrieval.locate", payload, timeout=s.locate_timeout)
 
-        wado = WadoDeps(locate=locate, store=lambda: self.store, prefetch=s.wado_prefetch)
+        wado = WadoDeps(
+            locate=locate, store=lambda: self.store, prefetch=s.wado_prefetch, readers=self._readers
+        )
         return [
             *qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit),
             *wado_routes(wado),

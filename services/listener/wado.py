@@ -17,6 +17,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from edge.common.dicom import is_valid_uid
 from edge.common.http import problem
 from edge.common.rpc import RpcError, RpcTimeout
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
-from edge.common.tracing import safe_attributes
+from edge.common.tracing import carry_context, safe_attributes
 from edge.listener import pixels
 from edge.listener.multipart import closing, encode, new_boundary, part_head, related
 from edge.listener.negotiate import (
@@ -86,6 +87,9 @@ class WadoDeps:
     store: Callable[[], ObjectStore | None]  # the listener's store, once it has started
     page: int = 500  # instances per retrieval.locate page
     prefetch: int = 4  # objects fetched ahead of the one being sent
+    # Threads for S3 reads, so retrievals neither wait behind nor starve the default executor
+    # (STOW-RS, pixel work); None: the default executor.
+    readers: Executor | None = None
 
 
 def _uid(value: str | None, name: str) -> str:
@@ -169,8 +173,9 @@ async def fetch(deps: WadoDeps, instance: dict[str, Any]) -> bytes:
     """One whole object (a worker thread does the GET)."""
     store = _store(deps)
     try:
-        return await asyncio.to_thread(
-            store.get_range, instance["object_key"], 0, int(instance["size"])
+        read = carry_context(store.get_range)
+        return await asyncio.get_running_loop().run_in_executor(
+            deps.readers, read, instance["object_key"], 0, int(instance["size"])
         )
     except ObjectNotFound:
         log.error("WADO: catalogued object missing: %s", instance["object_key"])
