@@ -14,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from edge.auth.registry import PsycopgAERegistry
+from edge.cli import audit as auditing
 from edge.cli import send as sending
 from edge.cli import supervisor
 
 app = typer.Typer(no_args_is_help=True, help="DICOM Edge: the medical-image edge server.")
 ae_app = typer.Typer(no_args_is_help=True, help="The registry of remote DICOM nodes.")
 app.add_typer(ae_app, name="ae")
+app.add_typer(auditing.app, name="audit")
 console = Console()
 
 SERVICES = supervisor.SERVICES
@@ -76,14 +78,19 @@ async def _announce(ae_title: str, change: str) -> str | None:
     try:
         bus = await AioPikaBus.connect(CommonSettings().amqp_url, "/edge/cli")
     except Exception as exc:
-        return f"broker unreachable ({type(exc).__name__})"
+        return f"broker unreachable ({type(exc).__name__}); the change is NOT in the audit trail"
     try:
-        await bus.publish(AeChanged(ae_title=ae_title, change=change))
-    except Exception:
-        return "no listener is subscribed; it will read the registry when it starts"
+        # An admin change is audited (Security Alert, Security Configuration) before listeners
+        # are told of it.
+        unaudited = await auditing.record_ae_change(bus, ae_title, change)  # type: ignore[arg-type]
+        try:
+            await bus.publish(AeChanged(ae_title=ae_title, change=change))
+        except Exception:
+            note = "no listener is subscribed; it will read the registry when it starts"
+            return unaudited or note
+        return unaudited
     finally:
         await bus.close()
-    return None
 
 
 @ae_app.command("add")

@@ -8,6 +8,8 @@ import aio_pika
 from starlette.routing import BaseRoute
 
 from edge.auth import handlers
+from edge.auth.audit_trail import AuditTrail, writer_url
+from edge.auth.auditlog import PsycopgAuditLog
 from edge.auth.registry import PsycopgAERegistry
 from edge.auth.settings import AuthSettings
 from edge.common.bus import RECONNECT_INTERVAL
@@ -18,9 +20,20 @@ from edge.common.runtime import Check, broker_check
 class AuthService:
     name = "auth"
 
-    def __init__(self, settings: AuthSettings, *, registry: Any = None) -> None:
+    def __init__(
+        self, settings: AuthSettings, *, registry: Any = None, audit_log: Any = None
+    ) -> None:
         self.settings = settings
         self.registry = registry or PsycopgAERegistry(settings.database_url)
+        # The audit trail: auth.audit consumed into the hash chain as the append-only role, and
+        # the recorder of auth's own events (self.audit.auditor).
+        self.audit = AuditTrail(
+            amqp_url=settings.amqp_url,
+            hash_key=settings.audit_hash_key,
+            trail=audit_log
+            or PsycopgAuditLog(writer_url(settings.database_url, settings.audit_database_url)),
+        )
+        self.auditor = self.audit.auditor
         self._connection: Any = None
         self._rpc: RpcServer | None = None
 
@@ -37,18 +50,24 @@ class AuthService:
         # One table: which operation goes to which handler.
         self._rpc = RpcServer(self._connection, {"auth.admit": self._admit})
         await self._rpc.start()
+        await self.audit.start()
 
     async def stop(self) -> None:
+        await self.audit.stop()
         if self._rpc is not None:
             await self._rpc.stop()
         if self._connection is not None:
             await self._connection.close()
 
     def readiness_checks(self) -> dict[str, Check]:
-        return {"database": self.registry.ping, "broker": broker_check(lambda: self._connection)}
+        return {
+            "database": self.registry.ping,
+            "broker": broker_check(lambda: self._connection),
+            "audit trail": self.audit.trail.ping,
+        }
 
     def routes(self) -> list[BaseRoute]:
-        return []
+        return self.audit.routes()
 
 
 def bootstrap(settings: AuthSettings, **adapters: Any) -> AuthService:
