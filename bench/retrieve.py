@@ -1,7 +1,7 @@
 """Retrieval benchmark: one study retrieved whole by each client, over and over.
 
     python bench/retrieve.py [--series 2] [--per-series 100] [--size 512] [--runs 3]
-                             [--clients move,get] [--associations 2] [--json out.json]
+                             [--clients move,get,wado] [--associations 2] [--json out.json]
 
 Starts its own suite (``DevSuite``: every service and a SeaweedFS S3 server on private ports,
 as ``make run`` does), stores a study of ``series * per_series`` CT instances of ``size`` x
@@ -10,7 +10,10 @@ runs each client ``--runs`` times:
 
 - ``move``: DCMTK ``movescu`` (Study Root, STUDY level) to a DCMTK ``storescp`` the benchmark
   runs and registers as the move destination (files written to a temporary directory);
-- ``get``: DCMTK ``getscu`` (Study Root, STUDY level), files written to a temporary directory.
+- ``get``: DCMTK ``getscu`` (Study Root, STUDY level), files written to a temporary directory;
+- ``wado``: WADO-RS study retrieval as stored over the listener's HTTP port, each multipart part
+  written to a file as it arrives (``bench/retrieve_wado.py`` has more on WADO-RS alone: a curl
+  client and the S3 server's own ceiling).
 
 Reports per run: MB/s and instances/s from the start of the client to its exit, and the peak RSS
 of the listener and the retrieval service (each with its children) sampled every 50 ms. A client
@@ -21,7 +24,9 @@ status 1 if a run did not deliver every instance.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -33,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +47,7 @@ from bench.generate import generate_ct_study  # noqa: E402
 from bench.ingest import RssSampler, catalog_count, machine  # noqa: E402
 from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env  # noqa: E402
 from edge.common.netutil import free_ports  # noqa: E402
+from edge.listener.multipart import boundary_of, parse_media_type, read_parts  # noqa: E402
 
 CALLING_AE = "BENCH"
 DESTINATION = "BENCHSCP"
@@ -111,7 +118,31 @@ def get_client(ctx: Context) -> None:
     )
 
 
-CLIENTS: dict[str, Client] = {"move": move_client, "get": get_client}
+def wado_client(ctx: Context) -> None:
+    """WADO-RS: ``GET /dicom-web/studies/{study}`` as stored (``transfer-syntax=*``), the
+    multipart body read as a stream and each part written to ``out_dir`` as it completes."""
+    asyncio.run(_wado(ctx))
+
+
+async def _wado(ctx: Context) -> None:
+    url = f"http://127.0.0.1:{ctx.suite.http_port}/dicom-web/studies/{ctx.study_uid}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    async with (
+        httpx.AsyncClient(timeout=300) as http,
+        http.stream("GET", url, headers={"accept": accept}) as response,
+    ):
+        response.raise_for_status()
+        _, params = parse_media_type(response.headers["content-type"])
+        parts = read_parts(
+            response.aiter_raw(1 << 20), boundary_of(params), spool_dir=str(ctx.out_dir)
+        )
+        number = 0
+        async for part in parts:
+            number += 1
+            os.replace(part.path, ctx.out_dir / f"{number:05d}.dcm")
+
+
+CLIENTS: dict[str, Client] = {"move": move_client, "get": get_client, "wado": wado_client}
 
 
 def store(suite: DevSuite, files: list[Path]) -> None:

@@ -10,9 +10,12 @@ then retrieves the study ``--runs`` times with ``GET /dicom-web/studies/{uid}`` 
 ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` (as stored), read as
 a stream by one client (``--client python``: httpx, parts counted; ``curl``: the body
 discarded by curl, so the client costs next to nothing). Before the runs, the S3 server alone
-is timed (every object read by 4 threads) as the ceiling on this machine. Reports per run: MB/s and instances/s from the request to the last byte,
-time to the first byte, and the listener's peak RSS (with its children) sampled every 50 ms, plus
-its RSS before the first run. Exit status 1 if a run did not return every instance.
+is timed (every object read by 4 threads): the ceiling on this machine.
+
+Reports per run: MB/s and instances/s from the request to the last byte, time to the first
+byte, and the listener's peak RSS (with its children) sampled every 50 ms, plus its RSS before
+the first run. Exit status 1 if a run did not return every instance. ``bench/retrieve.py
+--clients wado`` runs WADO-RS beside C-MOVE and C-GET in one table.
 """
 
 from __future__ import annotations
@@ -28,58 +31,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psutil
 from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generate import generate_ct_study  # noqa: E402
-from bench.ingest import RssSampler, catalog_count, machine  # noqa: E402
-from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env  # noqa: E402
+from bench.ingest import RssSampler, machine  # noqa: E402
+from bench.retrieve import service_process, store  # noqa: E402
+from edge.cli.devsuite import DevSuite  # noqa: E402
 from edge.common.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY  # noqa: E402
 from edge.common.store import MinioObjectStore  # noqa: E402
 
 CALLING_AE = "BENCH"
 MB = 1_000_000
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-def listener_process(suite: DevSuite) -> psutil.Process:
-    assert suite.process is not None
-    for child in psutil.Process(suite.process.pid).children(recursive=True):
-        try:
-            if "edge.listener" in child.cmdline():
-                return child
-        except psutil.Error:
-            continue
-    raise RuntimeError("no listener process")
-
-
-def store(suite: DevSuite, files: list[Path]) -> None:
-    result = subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-aet",
-            CALLING_AE,
-            "-aec",
-            suite.ae_title,
-            "-nh",
-            "127.0.0.1",
-            str(suite.dicom_port),
-            *map(str, files),
-        ],
-        env=dcmtk_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu failed: {result.stderr[-2000:]}")
-    deadline = time.monotonic() + 120
-    while catalog_count(suite.database_url) < len(files):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the catalog never held every instance")
-        time.sleep(0.1)
 
 
 def retrieve(url: str) -> dict[str, float]:
@@ -175,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--allow", "echo,store",
             )  # fmt: skip
             store(suite, files)
-            listener = listener_process(suite)
+            listener = service_process(suite, "listener")
             idle_rss = RssSampler.rss(listener)
             url = f"http://127.0.0.1:{suite.http_port}/dicom-web/studies/{study}"
             baseline = s3_baseline(suite, 4)
