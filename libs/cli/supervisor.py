@@ -138,6 +138,10 @@ def banner(console: Console, settings: CommonSettings) -> None:
     for service in SERVICES:
         console.print(f"  {service:<10} http://127.0.0.1:{http_port(service)}/readyz")
     console.print(f"  S3         http://{settings.s3_endpoint}  bucket {settings.s3_bucket}")
+    viewer = f"http://127.0.0.1:{listener.http_port}/viewer/"
+    if listener.viewer_dir is None or not (listener.viewer_dir / "index.html").is_file():
+        viewer += "  (not installed: `make viewer`, then EDGE_VIEWER_DIR)"
+    console.print(f"  viewer     {viewer}")
     console.print("  Ctrl-C stops everything.")
 
 

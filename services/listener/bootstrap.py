@@ -30,6 +30,7 @@ from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
 from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
 from edge.listener.stow import stow_routes
+from edge.listener.viewer import Viewer, viewer_routes
 from edge.listener.wado import WadoDeps, wado_routes
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,7 @@ class ListenerService:
             *stow_routes(
                 store, called_ae=s.ae_title, max_size=s.max_instance_size, spool_dir=s.spool_dir
             ),
+            *viewer_routes(Viewer(s.viewer_dir)),
         ]
 
 

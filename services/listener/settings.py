@@ -39,3 +39,6 @@ class ListenerSettings(CommonSettings):
     # C-MOVE: seconds to wait for each reply of the retrieval service (one per sub-operation,
     # so above its connect + ACSE + DIMSE timeouts towards a destination), else 0xA702.
     move_reply_timeout: float = 90.0
+    # The OHIF viewer at /viewer: the dist/ directory of the npm package @ohif/app (`make viewer`
+    # fetches it; `make run` sets this). None or missing: /viewer answers 503 saying how.
+    viewer_dir: Path | None = None
