@@ -371,3 +371,22 @@ async def test_failures_are_problem_responses(study: tuple[Catalog, str, list[by
     catalog.fail = None
     catalog.store.objects.clear()  # S3 lost the bytes the catalog names
     assert (await catalog.get(f"/dicom-web/studies/{study_uid}")).status_code == 404
+
+
+async def test_a_large_object_is_streamed_in_chunks_not_fetched_whole(
+    study: tuple[Catalog, str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.listener.wado as wado
+
+    catalog, study_uid, datas = study
+    monkeypatch.setattr(wado, "WHOLE_OBJECT_LIMIT", 100)  # every object counts as large
+    whole_reads: list[str] = []
+    get_range = catalog.store.get_range
+    monkeypatch.setattr(
+        catalog.store,
+        "get_range",
+        lambda key, *a: whole_reads.append(key) or get_range(key, *a),  # type: ignore[func-returns-value]
+    )
+    response = await catalog.get(f"/dicom-web/studies/{study_uid}", ACCEPT_ANY)
+    assert [d for _, d in split_multipart(response)] == datas
+    assert whole_reads == []
