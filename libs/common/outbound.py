@@ -34,6 +34,7 @@ from pydicom.uid import (
 from pynetdicom import _config
 from pynetdicom.presentation import PresentationContext, build_context
 
+from edge.common.direct import DirectSender, c_store_command
 from edge.common.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,23 @@ def _decoded(path: Path, route: Route) -> Any:
     return ds
 
 
+def _send_as_stored(
+    assoc: Any, path: Path, instance: Instance, kwargs: dict[str, Any]
+) -> Any | None:
+    """The stored bytes written straight to the association (``direct``): the data set after
+    the file's meta, unchanged. None when the file's meta cannot be skipped there, and the caller
+    sends it through pynetdicom."""
+    context = assoc._get_valid_context(instance.sop_class, instance.transfer_syntax, "scu")
+    command = c_store_command(
+        kwargs["msg_id"],
+        instance.sop_class,
+        instance.sop,
+        originator_aet=kwargs.get("originator_aet"),
+        originator_id=kwargs.get("originator_id"),
+    )
+    return DirectSender(assoc).c_store_file(path, int(context.context_id), command)
+
+
 def send_instance(
     assoc: Any,
     store: ObjectStore,
@@ -193,8 +211,12 @@ def send_instance(
         kwargs.update(originator_aet=originator_aet, originator_id=originator_id)
     try:
         with spooled(store, instance, spool_dir) as path:
-            dataset = path if route is Route.AS_STORED else _decoded(path, route)
-            answer = assoc.send_c_store(dataset, **kwargs)
+            answer = None
+            if route is Route.AS_STORED:
+                answer = _send_as_stored(assoc, path, instance, kwargs)
+            if answer is None:
+                dataset = path if route is Route.AS_STORED else _decoded(path, route)
+                answer = assoc.send_c_store(dataset, **kwargs)
     except IntegrityError as exc:
         log.error("sub-operation for %s: %s", instance.sop, exc)
         return SubResult(instance.sop, Outcome.FAILED, None, "stored object fails its checksum")

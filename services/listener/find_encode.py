@@ -21,9 +21,11 @@ from typing import Any, cast
 from pydicom.valuerep import format_number_as_ds
 from pynetdicom.pdu_primitives import P_DATA
 
+from edge.common.direct import DATA_SET_PRESENT, command_set
+from edge.common.direct import element as encode_element
+
 PENDING = 0xFF00
 C_FIND_RSP = 0x8020
-DATA_SET_PRESENT = 0x0001  # CommandDataSetType: anything but 0x0101 (PS3.7 E.1)
 SPECIFIC_CHARACTER_SET = 0x00080005
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -85,19 +87,6 @@ def _charset(texts: list[str], requested: list[str]) -> str | None:
     return "ISO_IR 192"
 
 
-def _element(tag: int, vr: str, value: bytes, explicit: bool) -> bytes | None:
-    if len(value) % 2:
-        value += b"\0" if vr in ("UI", "OB", "UN") else b" "
-    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
-    if not explicit:
-        return head + struct.pack("<I", len(value)) + value
-    if vr in _LONG_VRS:
-        return head + vr.encode() + b"\0\0" + struct.pack("<I", len(value)) + value
-    if len(value) > 0xFFFF:
-        return None
-    return head + vr.encode() + struct.pack("<H", len(value)) + value
-
-
 def encode_identifier(
     match: dict[str, Any], requested: list[str], transfer_syntax: str
 ) -> bytes | None:
@@ -143,7 +132,7 @@ def encode_identifier(
     parts = []
     for tag, vr, value in sorted(parsed, key=lambda item: item[0]):
         raw = value.encode(codec) if isinstance(value, str) else value
-        encoded = _element(tag, vr, raw, explicit)
+        encoded = encode_element(tag, vr, raw, explicit)
         if encoded is None:
             return None
         parts.append(encoded)
@@ -153,17 +142,15 @@ def encode_identifier(
 def pending_command(message_id: int, sop_class_uid: str) -> bytes:
     """The command set of a pending C-FIND-RSP (PS3.7 9.3.2.2), Implicit VR Little Endian as
     every command set is: the same bytes for every pending response to one request."""
-    body = b"".join(
+    return command_set(
         [
-            _element(0x00000002, "UI", sop_class_uid.encode("ascii"), False) or b"",
-            _element(0x00000100, "US", struct.pack("<H", C_FIND_RSP), False) or b"",
-            _element(0x00000120, "US", struct.pack("<H", message_id), False) or b"",
-            _element(0x00000800, "US", struct.pack("<H", DATA_SET_PRESENT), False) or b"",
-            _element(0x00000900, "US", struct.pack("<H", PENDING), False) or b"",
+            (0x00000002, "UI", sop_class_uid.encode("ascii")),
+            (0x00000100, "US", struct.pack("<H", C_FIND_RSP)),
+            (0x00000120, "US", struct.pack("<H", message_id)),
+            (0x00000800, "US", struct.pack("<H", DATA_SET_PRESENT)),
+            (0x00000900, "US", struct.pack("<H", PENDING)),
         ]
     )
-    length = _element(0x00000000, "UL", struct.pack("<I", len(body)), False) or b""
-    return length + body
 
 
 def _p_data(pdvs: list[bytes], context_id: int) -> P_DATA:

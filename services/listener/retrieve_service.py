@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from edge.common.direct import DirectSender
 from edge.common.suboperations import CANCELLED, PENDING, SUCCESS, UNABLE_TO_PROCESS, WARNING
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,18 @@ class EdgeRetrieveService(QueryRetrieveServiceClass):
             for response in responses:
                 if not self.assoc.is_established:
                     return  # the peer released or aborted: nobody to answer
-                self.dimse.send_msg(self._response(req, primitive, response, syntax), cx_id)
+                DirectSender(self.assoc).send_message(
+                    self._response(req, primitive, response, syntax), cx_id
+                )
                 if response.status != PENDING:
                     return
         except Exception:
             log.exception("%s handler failed", primitive.__name__)
             if self.assoc.is_established:
                 failure = RetrieveResponse(UNABLE_TO_PROCESS, comment="internal error")
-                self.dimse.send_msg(self._response(req, primitive, failure, syntax), cx_id)
+                DirectSender(self.assoc).send_message(
+                    self._response(req, primitive, failure, syntax), cx_id
+                )
 
     @staticmethod
     def _response(req: Any, primitive: type, response: RetrieveResponse, syntax: Any) -> Any:
