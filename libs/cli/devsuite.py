@@ -6,7 +6,9 @@ can run beside a developer's ``make run`` and beside other instances.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +93,12 @@ class DevSuite:
         self.bucket = self.name.replace("_", "-")
         self.s3_endpoint = f"127.0.0.1:{self.s3_port}"
         self.log_path = self.work_dir / "suite.log"
+        self.auth_url = f"http://127.0.0.1:{self.auth_port}"
+        # `edge up --dev` creates the first admin with this password; other roles are made on
+        # first use by user(); tokens are cached until shortly before they expire.
+        self.admin_password = secrets.token_urlsafe(18)
+        self._users: dict[str, tuple[str, str]] = {"admin": ("admin", self.admin_password)}
+        self._tokens: dict[str, tuple[str, float]] = {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -110,9 +119,13 @@ class DevSuite:
             "EDGE_AUTH_HTTP_PORT": str(self.auth_port),
             "EDGE_QUERY_HTTP_PORT": str(self.query_port),
             "EDGE_RETRIEVAL_HTTP_PORT": str(self.retrieval_port),
+            "EDGE_AUTH_URL": self.auth_url,
+            "EDGE_ADMIN_PASSWORD": self.admin_password,
             # SeaweedFS's seven internal ports, picked with the others so none is picked twice.
             "EDGE_DEV_S3_INTERNAL_PORTS": ",".join(map(str, self.s3_internal_ports)),
             "TCP_NODELAY": "1",
+            # TEMPORARY (issue 6): the e2e tests get their tokens in the commit that follows.
+            "EDGE_AUTH_ENABLED": "false",
             **self.extra_env,
         }
 
@@ -126,6 +139,36 @@ class DevSuite:
             timeout=120,
             check=check,
         )
+
+    def user(self, role: str) -> tuple[str, str]:
+        """``(name, password)`` of a user with ``role``, created on first use."""
+        if role not in self._users:
+            from edge.auth.passwords import hash_password
+            from edge.auth.users import PsycopgUserStore
+
+            name, password = f"test-{role}", secrets.token_urlsafe(18)
+            store = PsycopgUserStore(self.database_url)
+            # In a thread of its own: callers may be inside a running event loop.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, store.add(name, role, hash_password(password))).result()
+            self._users[role] = (name, password)
+        return self._users[role]
+
+    def token(self, role: str = "admin") -> str:
+        """A bearer token for a user with ``role`` from auth's token endpoint (cached)."""
+        from edge.cli.users import request_token
+
+        cached = self._tokens.get(role)
+        if cached is None or cached[1] - time.monotonic() < 60:
+            name, password = self.user(role)
+            answer = request_token(self.auth_url, name, password)
+            expires = time.monotonic() + float(answer["expires_in"])
+            cached = self._tokens[role] = (str(answer["access_token"]), expires)
+        return cached[0]
+
+    def auth_headers(self, role: str = "admin") -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}`` for a user with ``role``."""
+        return {"Authorization": f"Bearer {self.token(role)}"}
 
     def start(self, timeout: float = 90.0) -> DevSuite:
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,13 @@ from edge.auth.registry import PsycopgAERegistry
 from edge.cli import audit as auditing
 from edge.cli import send as sending
 from edge.cli import supervisor
+from edge.cli import users as accounts
 
 app = typer.Typer(no_args_is_help=True, help="DICOM Edge: the medical-image edge server.")
 ae_app = typer.Typer(no_args_is_help=True, help="The registry of remote DICOM nodes.")
 app.add_typer(ae_app, name="ae")
 app.add_typer(auditing.app, name="audit")
+app.add_typer(accounts.user_app, name="user")
 console = Console()
 
 SERVICES = supervisor.SERVICES
@@ -267,6 +269,8 @@ def watch(
     )
     raise typer.Exit(watching.run(CommonSettings().amqp_url, options, console))
 
+
+app.command("token")(accounts.token)
 
 if __name__ == "__main__":  # `python -m edge.cli.main`, as the dev suite runs it
     app()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -64,6 +65,30 @@ async def prepare(settings: CommonSettings) -> list[str]:
     return applied
 
 
+async def ensure_first_admin(settings: CommonSettings) -> str | None:
+    """With no admin yet, create ``admin`` with ``EDGE_ADMIN_PASSWORD`` or a random password,
+    and say so (the random one is shown this once); None when an admin exists."""
+    from edge.auth.hooks import _audit_admin_change
+    from edge.auth.passwords import check_password_policy, hash_password
+    from edge.auth.users import PsycopgUserStore
+
+    users = PsycopgUserStore(settings.database_url)
+    if await users.count_role("admin"):
+        return None
+    given = os.environ.get("EDGE_ADMIN_PASSWORD")
+    password = given or secrets.token_urlsafe(15)
+    check_password_policy(password)
+    if not await users.add("admin", "admin", await asyncio.to_thread(hash_password, password)):
+        return None
+    _audit_admin_change(None, "edge up --dev", "admin", "added", roles=("admin",))
+    if given:
+        return "  first admin user [bold]admin[/], password from EDGE_ADMIN_PASSWORD"
+    return (
+        f"  first admin user [bold]admin[/], password [bold]{password}[/] (shown once; "
+        "`edge user passwd admin` changes it)"
+    )
+
+
 def start_dev_s3(settings: CommonSettings, data_dir: Path) -> SeaweedServer:
     port = int(urlsplit(f"//{settings.s3_endpoint}").port or DEFAULT_S3_PORT)
     # The developer instance keeps SeaweedFS's internal ports fixed; any other instance (tests,
@@ -104,7 +129,12 @@ class Child:
 
 def spawn(service: str) -> subprocess.Popen[bytes]:
     # Own session: a Ctrl-C reaches the supervisor only, which then stops children in order.
-    env = {**os.environ, "EDGE_HTTP_PORT": str(http_port(service))}
+    # Every service fetches auth's JWKS to verify tokens: tell them where auth listens.
+    env = {
+        **os.environ,
+        "EDGE_HTTP_PORT": str(http_port(service)),
+        "EDGE_AUTH_URL": os.environ.get("EDGE_AUTH_URL", f"http://127.0.0.1:{http_port('auth')}"),
+    }
     return subprocess.Popen(
         [sys.executable, "-m", f"edge.{service}"], env=env, start_new_session=True
     )
@@ -157,6 +187,7 @@ def run(*, dev: bool, data_dir: Path, console: Console) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     children: list[Child] = []
+    admin: str | None = None
     try:
         if dev:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -164,11 +195,14 @@ def run(*, dev: bool, data_dir: Path, console: Console) -> int:
             s3 = start_dev_s3(settings, data_dir)
             applied = asyncio.run(prepare(settings))
             console.print(f"database ready; migrations applied now: {applied or 'none'}")
+            admin = asyncio.run(ensure_first_admin(settings))
         children = [Child(service, spawn(service)) for service in SERVICES]
         not_ready = wait_ready(SERVICES)
         if not_ready:
             console.print(f"[yellow]not ready yet: {', '.join(not_ready)}[/]")
         banner(console, settings)
+        if admin:
+            console.print(admin)
         while not stopping:
             for child in children:
                 code = child.process.poll()

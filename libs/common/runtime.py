@@ -13,10 +13,12 @@ import uvicorn
 from aio_pika.abc import AbstractConnection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.common.authn import AuthMiddleware, KeySource, TokenVerifier, http_jwks
 from edge.common.store import ObjectStore
 from edge.common.telemetry import configure_telemetry
 from edge.common.tracing import shutdown_tracing
@@ -100,26 +102,58 @@ class ServiceSettings(Protocol):
     http_host: str
     http_port: int
     log_level: str
+    auth_enabled: bool
+    auth_url: str
+    token_issuer: str
+    token_audience: str
+    jwks_cache_ttl: float
+
+
+def token_verifier(settings: ServiceSettings, service: Service) -> TokenVerifier | None:
+    """How ``service`` checks bearer tokens: against auth's JWKS over HTTP, or (auth itself)
+    its own keys; None when authentication is off."""
+    if not settings.auth_enabled:
+        return None
+    own: Callable[[], KeySource] | None = getattr(service, "jwks_source", None)
+    source = own() if own else http_jwks(settings.auth_url.rstrip("/") + "/api/auth/jwks")
+    return TokenVerifier(
+        source,
+        issuer=settings.token_issuer,
+        audience=settings.token_audience,
+        cache_ttl=settings.jwks_cache_ttl,
+    )
 
 
 def run_service(name: str, settings: S, bootstrap: Callable[[S], Service]) -> None:
     """``python -m edge.<name>``: logging and tracing, then the service and its HTTP server until
     SIGTERM; spans still batched are exported before the process ends."""
     configure_telemetry(name, settings.log_level)
+    service = bootstrap(settings)
+    verifier = token_verifier(settings, service)
+    if verifier is None:
+        log.warning("%s: HTTP APIs without authentication (EDGE_AUTH_ENABLED=false)", name)
     try:
-        asyncio.run(serve(bootstrap(settings), settings.http_host, settings.http_port))
+        asyncio.run(serve(service, settings.http_host, settings.http_port, verifier=verifier))
     finally:
         shutdown_tracing()
 
 
-async def serve(service: Service, http_host: str, http_port: int) -> None:
-    """Start ``service`` and its HTTP server; on SIGTERM/SIGINT stop both gracefully."""
+async def serve(
+    service: Service, http_host: str, http_port: int, *, verifier: TokenVerifier | None = None
+) -> None:
+    """Start ``service`` and its HTTP server; on SIGTERM/SIGINT stop both gracefully. With a
+    ``verifier`` every route but health, metrics and auth's open ones needs a bearer token
+    (edge.common.authn)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
-    app = Starlette(routes=[*health_routes(service.readiness_checks), *service.routes()])
+    middleware = [Middleware(AuthMiddleware, verifier=verifier)] if verifier else []
+    app = Starlette(
+        routes=[*health_routes(service.readiness_checks), *service.routes()],
+        middleware=middleware,
+    )
     server = _QuietServer(
         uvicorn.Config(app, host=http_host, port=http_port, log_level="warning", lifespan="off")
     )

@@ -1,17 +1,23 @@
-"""Composition root of the auth service: the AE registry behind the ``auth.admit`` RPC."""
+"""Composition root of the auth service: the AE registry behind the ``auth.admit`` RPC; users,
+signing keys and the OAuth2 token endpoint behind ``/api/auth``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import aio_pika
+import psycopg
 from starlette.routing import BaseRoute
 
-from edge.auth import handlers
+from edge.auth import api, handlers, tokens
 from edge.auth.audit_trail import AuditTrail, writer_url
 from edge.auth.auditlog import PsycopgAuditLog
+from edge.auth.keys import KeyRing, PsycopgKeyStore
+from edge.auth.passwords import Hashing
 from edge.auth.registry import PsycopgAERegistry
 from edge.auth.settings import AuthSettings
+from edge.auth.users import LockoutPolicy, PsycopgUserStore
+from edge.common.authn import KeySource
 from edge.common.bus import RECONNECT_INTERVAL
 from edge.common.rpc import RpcServer
 from edge.common.runtime import Check, broker_check
@@ -21,10 +27,31 @@ class AuthService:
     name = "auth"
 
     def __init__(
-        self, settings: AuthSettings, *, registry: Any = None, audit_log: Any = None
+        self,
+        settings: AuthSettings,
+        *,
+        registry: Any = None,
+        audit_log: Any = None,
+        users: Any = None,
+        keys: Any = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or PsycopgAERegistry(settings.database_url)
+        self.users = users or PsycopgUserStore(settings.database_url)
+        self.keys = KeyRing(
+            keys or PsycopgKeyStore(settings.database_url),
+            rotation=settings.key_rotation,
+            token_lifetime=settings.token_lifetime,
+        )
+        self.hashing = Hashing(settings.password_hash_concurrency)
+        self.token_config = tokens.TokenConfig(
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            lifetime=settings.token_lifetime,
+            lockout=LockoutPolicy(
+                settings.lockout_threshold, settings.lockout_base, settings.lockout_max
+            ),
+        )
         # The audit trail: auth.audit consumed into the hash chain as the append-only role, and
         # the recorder of auth's own events (self.audit.auditor).
         self.audit = AuditTrail(
@@ -42,6 +69,25 @@ class AuthService:
             self.registry, str(request["calling_ae"]), str(request["address"])
         )
         return decision.to_json()
+
+    async def _grant(
+        self, form: dict[str, list[str]], authorization: str | None, address: str | None
+    ) -> tokens.Issued:
+        try:
+            return await tokens.grant(
+                form,
+                authorization,
+                users=self.users,
+                hashing=self.hashing,
+                keys=self.keys,
+                config=self.token_config,
+                address=address,
+                audit=self.auditor,
+            )
+        except psycopg.OperationalError as exc:
+            raise tokens.TokenError(
+                "temporarily_unavailable", "the user database does not answer", 503
+            ) from exc
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -67,7 +113,11 @@ class AuthService:
         }
 
     def routes(self) -> list[BaseRoute]:
-        return self.audit.routes()
+        return [*api.routes(self._grant, self.keys.jwks), *self.audit.routes()]
+
+    def jwks_source(self) -> KeySource:
+        """Auth verifies tokens on its own routes from its own keys, not over HTTP."""
+        return self.keys.jwks
 
 
 def bootstrap(settings: AuthSettings, **adapters: Any) -> AuthService:

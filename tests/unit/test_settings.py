@@ -17,7 +17,13 @@ def test_placeholder_s3_secret_is_refused_in_production(secret: str) -> None:
 def test_real_secret_is_accepted_in_production_and_placeholder_in_dev() -> None:
     assert (
         CommonSettings(
-            environment="production", s3_secret_key="x9-long-random", audit_hash_key="k3y-random"
+            environment="production",
+            s3_secret_key="x9-long-random",
+            audit_hash_key="k3y-random",
+            # The other credentials real too (test_production_safety.py refuses each).
+            amqp_url="amqp://edge:s3cr3t@rabbitmq:5672/",
+            database_url="postgresql://edge:s3cr3t@postgres:5432/edge",
+            s3_access_key="site-key",
         ).environment
         == "production"
     )
