@@ -14,6 +14,7 @@ from opentelemetry import context as otel_context
 from starlette.routing import BaseRoute
 
 from edge.common.admission import Admission
+from edge.common.audit import Auditor
 from edge.common.bus import EXCHANGE, AioPikaBus
 from edge.common.dicom import Status
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
@@ -55,6 +56,8 @@ class ListenerService:
         self._cache: AdmissionCache | None = None
         self._server: Any = None
         self._uploads: ThreadPoolExecutor | None = None
+        # Audit events (edge.common.audit): buffered from the start, published once the bus is up.
+        self.auditor = Auditor(None, source="edge-listener", hash_key=settings.audit_hash_key)
         # WADO's S3 reads: enough threads for the objects one retrieval fetches ahead, and some
         # for a second retrieval at the same time.
         self._readers = ThreadPoolExecutor(
@@ -130,6 +133,8 @@ class ListenerService:
                 s.amqp_url, "/edge/listener", timeout=s.store_deadline
             )
         self._rpc = await RpcClient(self.bus.connection, timeout=s.rpc_timeout).start()
+        self.auditor.bus = self.bus
+        await self.auditor.start()
         self._cache = AdmissionCache(self._ask_auth, s.admission_cache_ttl)
         channel = await self.bus.connection.channel()
         # A cache-invalidation feed: per replica, gone with it; the TTL covers any gap.
@@ -148,6 +153,7 @@ class ListenerService:
             max_size=s.max_instance_size,
             deadline=s.store_deadline,
             uploads=self._uploads,
+            audit=self.auditor,
         )
         ae = build_ae(
             ae_title=s.ae_title,
@@ -164,9 +170,22 @@ class ListenerService:
                 self._admit,
                 s.ae_title,
                 deps,
-                FindDeps(find=self._find, ae_title=s.ae_title, timeout=s.find_timeout + 1),
-                move=MoveDeps(move=self._move, timeout=s.move_reply_timeout + 1),
-                get=GetDeps(locate=self._locate, store=self.store, spool_dir=s.spool_dir),
+                FindDeps(
+                    find=self._find,
+                    ae_title=s.ae_title,
+                    timeout=s.find_timeout + 1,
+                    audit=self.auditor,
+                ),
+                move=MoveDeps(
+                    move=self._move, timeout=s.move_reply_timeout + 1, audit=self.auditor
+                ),
+                get=GetDeps(
+                    locate=self._locate,
+                    store=self.store,
+                    spool_dir=s.spool_dir,
+                    audit=self.auditor,
+                ),
+                audit=self.auditor,
             ),
         )
         log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
@@ -187,6 +206,7 @@ class ListenerService:
         self._readers.shutdown(wait=False, cancel_futures=True)
         if self._rpc is not None:
             await self._rpc.stop()
+        await self.auditor.stop()  # what the last associations recorded, before the bus goes
         if self.bus is not None:
             await self.bus.close()
 
@@ -225,10 +245,14 @@ class ListenerService:
             locate=locate, store=lambda: self.store, prefetch=s.wado_prefetch, readers=self._readers
         )
         return [
-            *qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit),
-            *wado_routes(wado),
+            *qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit, audit=self.auditor),
+            *wado_routes(wado, self.auditor),
             *stow_routes(
-                store, called_ae=s.ae_title, max_size=s.max_instance_size, spool_dir=s.spool_dir
+                store,
+                called_ae=s.ae_title,
+                max_size=s.max_instance_size,
+                spool_dir=s.spool_dir,
+                audit=self.auditor,
             ),
             *viewer_routes(Viewer(s.viewer_dir)),
         ]

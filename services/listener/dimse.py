@@ -28,6 +28,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.common.admission import Admission
+from edge.common.audit import Auditor
 from edge.common.dicom import Status
 from edge.common.dimse import (
     STORAGE_SOP_CLASSES,
@@ -37,6 +38,7 @@ from edge.common.dimse import (
 )
 from edge.common.store import ObjectStore
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.auditing import association_ended, tally_of
 from edge.listener.find_scp import FIND_MODELS, FindDeps, on_c_find
 from edge.listener.get_scp import GetDeps, on_c_get
 from edge.listener.move_scp import MoveDeps, on_c_move
@@ -75,10 +77,13 @@ Admit = Callable[[str, str], Admission]  # (calling AE, address) -> decision; bl
 class AdmittingACSE(ACSE):
     """ACSE that asks admission before negotiating: deny by default (PS3.8 7.1.1.3)."""
 
-    def __init__(self, assoc: Any, admit: Admit, ae_title: str) -> None:
+    def __init__(
+        self, assoc: Any, admit: Admit, ae_title: str, audit: Auditor | None = None
+    ) -> None:
         super().__init__(assoc)
         self._admit = admit
         self._ae_title = ae_title
+        self._audit = audit
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
@@ -87,7 +92,16 @@ class AdmittingACSE(ACSE):
         called = str(request.called_ae_title).strip()
         address = str(self.assoc.requestor.address)
         span = start_association(self.assoc, calling, called)
+
+        def audited(accepted: bool, reason: str = "", *, unavailable: bool = False) -> None:
+            if self._audit is not None:
+                self._audit.association(
+                    calling, called, address, accepted=accepted, reason=reason,
+                    unavailable=unavailable,
+                )  # fmt: skip
+
         if called != self._ae_title:
+            audited(False, f"called AE {called!r} is not ours")
             return self._reject(REJECT_CALLED_AE, f"called AE {called!r} is not ours")
         try:
             # The admission RPC (or cache hit) runs under the association's span.
@@ -97,9 +111,12 @@ class AdmittingACSE(ACSE):
                 decision = self._admit(calling, address)
         except Exception as exc:  # auth unreachable: refuse for now, the peer may retry
             log.error("admission check failed for %s: %s", calling, exc)
+            audited(False, "admission unavailable", unavailable=True)
             return self._reject(REJECT_TRANSIENT, "admission unavailable")
         if not decision.allowed:
+            audited(False, decision.reason)
             return self._reject(REJECT_CALLING_AE, decision.reason)
+        audited(True)
         self.assoc.edge_permissions = decision.permissions  # type: ignore[attr-defined]
         ASSOCIATIONS.labels("accepted").inc()
         prefer_requested_order(
@@ -123,27 +140,34 @@ class StoreDeps:
     max_size: int
     deadline: float
     uploads: Executor | None = None
+    audit: Auditor | None = None
 
 
-def on_conn_open(event: evt.Event, admit: Admit, ae_title: str) -> None:
+def on_conn_open(
+    event: evt.Event, admit: Admit, ae_title: str, audit: Auditor | None = None
+) -> None:
     """EVT_CONN_OPEN: Nagle off, and admission wired into this association's ACSE."""
     set_nodelay(event)
     if event.assoc.is_acceptor:
-        event.assoc.acse = AdmittingACSE(event.assoc, admit, ae_title)
+        event.assoc.acse = AdmittingACSE(event.assoc, admit, ae_title, audit)
 
 
-def on_released(event: evt.Event) -> None:
-    """EVT_RELEASED: the association's span ends (A-RELEASE, PS3.8 7.2)."""
+def on_released(event: evt.Event, audit: Auditor | None = None) -> None:
+    """EVT_RELEASED: the association's span ends (A-RELEASE, PS3.8 7.2); its stores are
+    audited."""
+    association_ended(event.assoc, audit)
     end_association(event.assoc, "released")
 
 
-def on_aborted(event: evt.Event) -> None:
+def on_aborted(event: evt.Event, audit: Auditor | None = None) -> None:
     """EVT_ABORTED: the association's span ends as failed (A-ABORT / A-P-ABORT, PS3.8 7.3-7.4)."""
+    association_ended(event.assoc, audit)
     end_association(event.assoc, "aborted", failed=True)
 
 
-def on_conn_close(event: evt.Event) -> None:
+def on_conn_close(event: evt.Event, audit: Auditor | None = None) -> None:
     """EVT_CONN_CLOSE: the connection went without release or abort: end the span anyway."""
+    association_ended(event.assoc, audit)
     end_association(event.assoc, "closed")
 
 
@@ -203,6 +227,8 @@ def on_c_store(event: evt.Event, deps: StoreDeps) -> Dataset:
                 result.status,
                 result.comment,
             )
+    if deps.audit is not None:  # sent when the association ends (auditing.py)
+        tally_of(event.assoc).add(result, request.sop_class_uid)
     C_STORE_SECONDS.labels(status_label).observe(time.monotonic() - started)
     C_STORE_STATUS.labels(status_label).inc()
     if result.status == Status.SUCCESS:
@@ -249,6 +275,7 @@ def event_handlers(
     *,
     move: MoveDeps | None = None,
     get: GetDeps | None = None,
+    audit: Auditor | None = None,
 ) -> list[Any]:
     """The listener's DIMSE handlers in one list, pynetdicom's idiom."""
     retrieve: list[Any] = []
@@ -258,10 +285,10 @@ def event_handlers(
         retrieve.append((evt.EVT_C_GET, on_c_get, [get]))
     return [
         *retrieve,
-        (evt.EVT_CONN_OPEN, on_conn_open, [admit, ae_title]),
-        (evt.EVT_RELEASED, on_released),
-        (evt.EVT_ABORTED, on_aborted),
-        (evt.EVT_CONN_CLOSE, on_conn_close),
+        (evt.EVT_CONN_OPEN, on_conn_open, [admit, ae_title, audit]),
+        (evt.EVT_RELEASED, on_released, [audit]),
+        (evt.EVT_ABORTED, on_aborted, [audit]),
+        (evt.EVT_CONN_CLOSE, on_conn_close, [audit]),
         (evt.EVT_C_ECHO, on_c_echo),
         (evt.EVT_C_STORE, on_c_store, [deps]),
         (evt.EVT_C_FIND, on_c_find, [find]),

@@ -28,8 +28,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
+from edge.common.audit import Auditor
 from edge.common.dicom import Status
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.auditing import outcome_of, peer, values
 from edge.listener.find_encode import PendingSender
 from edge.listener.spans import association_context
 
@@ -63,6 +65,7 @@ class FindDeps:
     find: FindCall
     ae_title: str
     timeout: float = 16.0  # seconds to wait for one page
+    audit: Auditor | None = None
 
 
 @dataclass(frozen=True)
@@ -239,3 +242,28 @@ def on_c_find(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset,
             span.set_status(StatusCode.ERROR, final)
         span.end()
         C_FIND_SECONDS.labels(final).observe(time.monotonic() - started)
+        audit_find(event, deps.audit, int(final, 16))
+
+
+def audit_find(event: evt.Event, audit: Auditor | None, status: int) -> None:
+    """The query in the audit trail (PS3.15 A.5.3.12): the requester, the model, every key of
+    the identifier with its value hashed; a refusal for lack of permission is a security
+    alert instead."""
+    if audit is None:
+        return
+    requester = peer(event.assoc)
+    if status == Status.NOT_AUTHORIZED:
+        audit.refused(requester, "C-FIND", "no find permission")
+        return
+    try:
+        keys = event.identifier.to_json_dict()
+    except Exception:  # undecodable: audited as such, without keys
+        keys = {}
+    level = values(keys, "00080052")
+    audit.query(
+        requester,
+        str(cast(C_FIND, event.request).AffectedSOPClassUID or ""),
+        keys,
+        level=level[0] if level else None,
+        outcome=outcome_of(status),
+    )

@@ -7,6 +7,7 @@ sub-operations with 0xFE00.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_GET
 
+from edge.common.audit import Auditor
 from edge.common.dicom import Status
 from edge.common.outbound import Instance, Outcome, send_instance
 from edge.common.store import ObjectStore
@@ -30,6 +32,7 @@ from edge.common.suboperations import (
     Progress,
 )
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.auditing import STUDY_INSTANCE_UID, peer, retrieved, values
 from edge.listener.retrieve_service import GET_MODELS, RetrieveResponse
 from edge.listener.spans import association_context
 
@@ -57,6 +60,7 @@ class GetDeps:
     locate: LocateCall
     store: ObjectStore
     spool_dir: Path | None = None
+    audit: Auditor | None = None
 
 
 def _locate_error(error: dict[str, Any]) -> RetrieveResponse:
@@ -90,8 +94,11 @@ def _response(reply: dict[str, Any]) -> RetrieveResponse:
     return RetrieveResponse.from_reply(reply)
 
 
-def get_responses(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]:
-    """The responses to one C-GET: a pending after each sub-operation, then the final one."""
+def get_responses(
+    event: evt.Event, deps: GetDeps, sent: collections.Counter[str] | None = None
+) -> Iterator[RetrieveResponse]:
+    """The responses to one C-GET: a pending after each sub-operation, then the final one.
+    ``sent`` counts the instances sent by SOP class (for the audit trail)."""
     permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
     calling = str(event.assoc.requestor.ae_title).strip()
     if "get" not in permissions:
@@ -132,6 +139,8 @@ def get_responses(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]
             msg_id=(base_id + n - 1) % 65535 + 1,
         )
         progress.add(result)
+        if sent is not None and result.outcome is not Outcome.FAILED:
+            sent[instance.sop_class] += 1
         C_GET_SUBOPERATIONS.labels(result.outcome.value).inc()
         if result.outcome is Outcome.FAILED:
             log.warning("C-GET sub-operation for %s failed: %s", result.sop, result.reason)
@@ -154,10 +163,13 @@ def on_c_get(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]:
         attributes=safe_attributes({"dicom.calling_ae": calling}),
     )
     final = "none"
+    last: RetrieveResponse | None = None
+    sent: collections.Counter[str] = collections.Counter()
     try:
         with trace.use_span(span, end_on_exit=False):
-            for response in get_responses(event, deps):
+            for response in get_responses(event, deps, sent):
                 if response.status != PENDING:
+                    last = response
                     final = f"0x{response.status:04X}"
                     span.set_attributes(
                         safe_attributes(
@@ -177,3 +189,30 @@ def on_c_get(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]:
             span.set_status(StatusCode.ERROR, final)
         span.end()
         C_GET_SECONDS.labels(final).observe(time.monotonic() - started)
+        audit_get(event, deps.audit, last, sent)
+
+
+def audit_get(
+    event: evt.Event,
+    audit: Auditor | None,
+    last: RetrieveResponse | None,
+    sent: collections.Counter[str],
+) -> None:
+    """The C-GET in the audit trail: instances sent to the requester itself (action R)."""
+    if audit is None:
+        return
+    try:
+        identifier = event.identifier.to_json_dict()
+    except Exception:
+        identifier = {}
+    studies = values(identifier, STUDY_INSTANCE_UID)
+    requester = peer(event.assoc)
+    retrieved(
+        audit,
+        requester=requester,
+        destination=requester,
+        identifier=identifier,
+        status=last.status if last is not None else 0xA702,
+        sop_classes={studies[0]: sent} if len(studies) == 1 else None,
+        reason=last.comment if last is not None else "",
+    )

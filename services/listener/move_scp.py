@@ -22,10 +22,12 @@ from prometheus_client import Histogram
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_MOVE
 
+from edge.common.audit import DESTINATION, Auditor, ae
 from edge.common.dicom import Status
 from edge.common.rpc import RpcClient, RpcStream
 from edge.common.suboperations import PENDING, UNABLE_TO_PERFORM
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.auditing import peer, retrieved
 from edge.listener.retrieve_service import MOVE_MODELS, RetrieveResponse
 from edge.listener.spans import association_context
 
@@ -109,6 +111,7 @@ class ThreadedStream:
 class MoveDeps:
     move: Callable[[dict[str, Any]], MoveStream]
     timeout: float  # longest wait for one reply of the retrieval service
+    audit: Auditor | None = None
 
 
 def _unavailable(last: dict[str, Any] | None, comment: str) -> RetrieveResponse:
@@ -196,10 +199,12 @@ def on_c_move(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveResponse]:
         attributes=safe_attributes({"dicom.calling_ae": calling}),
     )
     final = "none"
+    last: RetrieveResponse | None = None
     try:
         with trace.use_span(span, end_on_exit=False):
             for response in move_responses(event, deps):
                 if response.status != PENDING:
+                    last = response
                     final = f"0x{response.status:04X}"
                     span.set_attributes(
                         safe_attributes(
@@ -219,3 +224,27 @@ def on_c_move(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveResponse]:
             span.set_status(StatusCode.ERROR, final)
         span.end()
         C_MOVE_SECONDS.labels(final).observe(time.monotonic() - started)
+        audit_move(event, deps.audit, last)
+
+
+def audit_move(event: evt.Event, audit: Auditor | None, last: RetrieveResponse | None) -> None:
+    """The C-MOVE in the audit trail: instances of each study named sent to the destination
+    AE, at the requester's request (PS3.15 A.5.3.5, action R)."""
+    if audit is None:
+        return
+    try:
+        identifier = event.identifier.to_json_dict()
+    except Exception:
+        identifier = {}
+    status = last.status if last is not None else 0xA702
+    counts = f"completed {last.completed or 0}, failed {last.failed or 0}" if last else ""
+    retrieved(
+        audit,
+        requester=peer(event.assoc),
+        destination=ae(
+            str(event.move_destination or "").strip(), requestor=False, role=DESTINATION
+        ),
+        identifier=identifier,
+        status=status,
+        reason=(last.comment if last is not None and last.comment else counts),
+    )

@@ -23,9 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.common.audit import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, Auditor
 from edge.common.dicom import is_valid_uid
 from edge.common.http import problem
 from edge.common.rpc import RpcError, RpcTimeout
+from edge.listener.auditing import http_requester
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,28 @@ async def _search(request: Request, search: Search, find: Find, **options: Any) 
     )
 
 
-def qido_routes(find: Find, *, ae_title: str, max_limit: int) -> list[BaseRoute]:
+# QIDO-RS searches are the Study Root model's queries (PS3.18 10.6); the audit trail names it.
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def audit_search(
+    audit: Auditor | None, request: Request, search: Search, status: int, **options: Any
+) -> None:
+    """The search in the audit trail (Query): its matching keys, values hashed."""
+    if audit is None:
+        return
+    try:
+        identifier = find_payload(search, request.query_params.multi_items(), **options)
+        keys = {k: v for k, v in identifier["identifier"].items() if "Value" in v}
+    except BadQuery:
+        keys = {}
+    outcome = SUCCESS if status < 400 else MINOR_FAILURE if status < 500 else SERIOUS_FAILURE
+    audit.query(http_requester(request), STUDY_ROOT_FIND, keys, level=search.level, outcome=outcome)
+
+
+def qido_routes(
+    find: Find, *, ae_title: str, max_limit: int, audit: Auditor | None = None
+) -> list[BaseRoute]:
     """The six search resources of the Studies Service (PS3.18 10.6.1)."""
 
     def route(path: str, level: str, *defaults: tuple[str, ...]) -> Route:
@@ -300,6 +323,9 @@ def qido_routes(find: Find, *, ae_title: str, max_limit: int) -> list[BaseRoute]
                 series=request.path_params.get("series"),
             )
             response = await _search(request, search, find, max_limit=max_limit, ae_title=ae_title)
+            audit_search(
+                audit, request, search, response.status_code, max_limit=max_limit, ae_title=ae_title
+            )
             QIDO_SECONDS.labels(str(response.status_code)).observe(time.monotonic() - started)
             return response
 

@@ -64,6 +64,8 @@ class StoreResult:
     comment: str = ""
     event: InstanceReceived | None = None
     size: int = 0
+    # For the audit trail only (hashed there, never published as is).
+    patient_id: str | None = None
 
 
 def _put(
@@ -110,7 +112,9 @@ def store_instance(
     try:
         info = inspect(request.path)
         header = dcmread(
-            request.path, stop_before_pixels=True, specific_tags=[*HEADER_TAGS, "Rows"]
+            request.path,
+            stop_before_pixels=True,
+            specific_tags=[*HEADER_TAGS, "Rows", "PatientID"],
         )
     except (IncompleteDataset, InvalidDicomError, ValueError, EOFError, OSError) as exc:
         return StoreResult(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {exc}")
@@ -195,4 +199,5 @@ def store_instance(
     except Exception as exc:  # not confirmed in time means not durable: never claim success
         log.error("publish failed for %s: %s", uids["SOPInstanceUID"], exc)
         return StoreResult(Status.OUT_OF_RESOURCES, "message broker unavailable")
-    return StoreResult(Status.SUCCESS, event=event, size=size)
+    patient_id = str(header.get("PatientID", "") or "").strip() or None
+    return StoreResult(Status.SUCCESS, event=event, size=size, patient_id=patient_id)

@@ -25,9 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from edge.common.audit import Auditor, ae
 from edge.common.dicom import Status, is_valid_uid
 from edge.common.http import problem
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.auditing import StoreTally, http_requester
 from edge.listener.multipart import (
     MultipartError,
     Part,
@@ -191,8 +193,10 @@ async def stow(
     called_ae: str,
     max_size: int,
     spool_dir: str | None,
+    audit: Auditor | None = None,
 ) -> Response:
-    """Answer one STOW-RS request (PS3.18 10.5)."""
+    """Answer one STOW-RS request (PS3.18 10.5); its stores go to the audit trail as one message
+    per study and outcome when it ends."""
     study = request.path_params.get("study")
     if study is not None and not is_valid_uid(study):
         return problem(400, "Bad store request", "the study in the path is not a UID")
@@ -213,6 +217,7 @@ async def stow(
     service = str(request.base_url).rstrip("/") + PREFIX
     outcome = Outcome()
     parts = read_parts(request.stream(), boundary, spool_dir=spool_dir, max_part_size=max_size)
+    tally = StoreTally()
     try:
         async for part in parts:
             result = await asyncio.to_thread(
@@ -232,6 +237,7 @@ async def stow(
             else:
                 sop_class, sop_instance = await asyncio.to_thread(_claimed_uids, part.path)
                 outcome.failed.append(Failed(sop_class, sop_instance, int(result.status)))
+            tally.add(result, None if result.event else sop_class)
     except MultipartError as exc:
         detail = str(exc)
         if outcome.stored:  # they are durable and announced; say so rather than hide them
@@ -239,13 +245,20 @@ async def stow(
         return problem(400, "Bad store request", detail)
     finally:
         await parts.aclose()
+        if audit is not None:
+            tally.flush(audit, http_requester(request), ae(called_ae, requestor=False))
     if not outcome.stored and not outcome.failed:
         return problem(400, "Bad store request", "the request carries no instance")
     return JSONResponse(outcome.body(service), status_code=outcome.status(), media_type=DICOM_JSON)
 
 
 def stow_routes(
-    store: StoreOne, *, called_ae: str, max_size: int, spool_dir: Path | None
+    store: StoreOne,
+    *,
+    called_ae: str,
+    max_size: int,
+    spool_dir: Path | None,
+    audit: Auditor | None = None,
 ) -> list[BaseRoute]:
     """``POST /studies`` and ``POST /studies/{study}`` of the Studies Service (PS3.18 10.5.1)."""
     spool = str(spool_dir) if spool_dir is not None else None
@@ -256,7 +269,12 @@ def stow_routes(
             "STOW-RS", kind=SpanKind.SERVER, record_exception=False
         ) as span:
             response = await stow(
-                request, store=store, called_ae=called_ae, max_size=max_size, spool_dir=spool
+                request,
+                store=store,
+                called_ae=called_ae,
+                max_size=max_size,
+                spool_dir=spool,
+                audit=audit,
             )
             span.set_attributes(
                 safe_attributes({"http.response.status_code": response.status_code})

@@ -29,12 +29,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from edge.common.audit import Auditor
 from edge.common.dicom import is_valid_uid
 from edge.common.http import problem
 from edge.common.rpc import RpcError, RpcTimeout
 from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
 from edge.common.tracing import carry_context, safe_attributes
 from edge.listener import pixels
+from edge.listener.auditing import http_requester, retrieved
 from edge.listener.multipart import closing, encode, new_boundary, part_head, related
 from edge.listener.negotiate import (
     DEFAULT_SYNTAX,
@@ -550,7 +552,29 @@ async def wado_uri(request: Request, deps: WadoDeps) -> Response:
     )
 
 
-def wado_routes(deps: WadoDeps) -> list[BaseRoute]:
+# Requests that hand out a study's instances or headers, audited one by one. Frames, bulk data,
+# renderings and thumbnails are not: a viewer asks for hundreds of them after the metadata
+# request that is audited (the trail records who opened the study, not each frame).
+AUDITED = frozenset({"study", "series", "instance", "metadata", "wado-uri"})
+
+
+def audit_retrieval(audit: Auditor | None, request: Request, resource: str, status: int) -> None:
+    """A WADO retrieval in the audit trail: DICOM Instances Transferred (R) to the requester."""
+    if audit is None or resource not in AUDITED:
+        return
+    study = request.path_params.get("study") or request.query_params.get("studyUID") or ""
+    requester = http_requester(request)
+    retrieved(
+        audit,
+        requester=requester,
+        destination=requester,
+        identifier={"0020000D": {"vr": "UI", "Value": [study]}} if study else {},
+        status=0 if status < 400 else (0xA700 if status >= 500 else 0xC000),
+        reason=f"HTTP {status}" if status >= 400 else "",
+    )
+
+
+def wado_routes(deps: WadoDeps, audit: Auditor | None = None) -> list[BaseRoute]:
     """The retrieve resources of the Studies Service (PS3.18 10.4.1) and WADO-URI."""
 
     def route(path: str, resource: str, handler: Any, **options: Any) -> Route:
@@ -572,6 +596,7 @@ def wado_routes(deps: WadoDeps) -> list[BaseRoute]:
             WADO_SECONDS.labels(resource, str(response.status_code)).observe(
                 time.monotonic() - started
             )
+            audit_retrieval(audit, request, resource, response.status_code)
             return response
 
         return Route(PREFIX + path, endpoint, methods=["GET"])

@@ -91,6 +91,23 @@ def wait_for_span(log: Path, match: Any, timeout: float = 60) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def audit_bodies(client: Client, study_uid: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Every audit event auth stored, once the study's store and a query are among them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = client.query("SELECT canonical, studies FROM audit_log ORDER BY seq")
+        events = [json.loads(text) for text, _ in rows]
+        kinds = {
+            e["type"] for e, (_, studies) in zip(events, rows, strict=True) if study_uid in studies
+        }
+        if "audit.instances-transferred" in kinds and any(
+            e["type"] == "audit.query" for e in events
+        ):
+            return events
+        assert time.monotonic() < deadline, f"audit events missing: {sorted(kinds)}"
+        time.sleep(0.2)
+
+
 def test_planted_demographics_appear_in_no_span_and_no_log_line(
     traced_suite: DevSuite, tmp_path: Path
 ) -> None:
@@ -130,7 +147,8 @@ def test_planted_demographics_appear_in_no_span_and_no_log_line(
         f"{web}/studies/{study_uid}",
         data=body,
         headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            **traced_suite.auth_headers("radiologist"),
         },
     )
     with urllib.request.urlopen(stow, timeout=60) as answer:
@@ -142,8 +160,14 @@ def test_planted_demographics_appear_in_no_span_and_no_log_line(
         f"/instances/{stowed_ds.SOPInstanceUID}"
     )
     for url in (f"{web}/studies/{study_uid}/metadata", f"{instance_url}/rendered"):
-        with urllib.request.urlopen(url, timeout=60) as answer:
+        reading = urllib.request.Request(url, headers=traced_suite.auth_headers("radiologist"))
+        with urllib.request.urlopen(reading, timeout=60) as answer:
             assert answer.status == 200
+    # A search by the planted name and birth date: the audit trail keeps its keys, hashed.
+    search = f"{web}/studies?PatientName=SENTINEL*&PatientBirthDate={BIRTH_DATE}"
+    searching = urllib.request.Request(search, headers=traced_suite.auth_headers("radiologist"))
+    with urllib.request.urlopen(searching, timeout=60) as answer:
+        assert answer.status == 200
 
     log = traced_suite.log_path
     stored = wait_for_span(
@@ -180,6 +204,19 @@ def test_planted_demographics_appear_in_no_span_and_no_log_line(
     assert b"edge_queue_lag_seconds_count" in metrics[traced_suite.ingestion_port]
     for text in metrics.values():
         assert not [n for n in NEEDLES if n in text.decode().lower()], "demographics in /metrics"
+    # Audit events as they rode the bus (the trail stores each body as published): the store,
+    # the search and the retrievals are there, the patient as a hash, the query values hashed.
+    audit = audit_bodies(client, study_uid)
+    assert {"audit.instances-transferred", "audit.query"} <= {e["type"] for e in audit}
+    patients = [
+        o["object_id"]
+        for e in audit
+        for o in e["data"]["objects"]
+        if o["id_type"]["meaning"] == "Patient Number"
+    ]
+    assert patients and all(len(p) == 64 for p in patients)
+    flat_audit = json.dumps(audit).lower()
+    assert not [n for n in NEEDLES if n in flat_audit], "demographics in audit events"
     traced_suite.stop()  # every service flushes its last spans and logs on SIGTERM
 
     spans, lines = records(log)

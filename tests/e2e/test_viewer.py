@@ -58,16 +58,18 @@ def ct_series(folder: Path) -> tuple[str, str, list[Path]]:
     """pydicom's CT_small.dcm and SLICES - 1 slices made from it below it, one series: each
     slice its own SOP Instance UID, position and (shifted) pixels."""
     source = pydicom.dcmread(bundled("CT_small.dcm"))
+    pixels = source.pixel_array
+    x, y, z = (float(v) for v in source.ImagePositionPatient)
+    spacing = float(source.SliceThickness)
     paths = []
     for number in range(SLICES):
-        ds = source.copy()
+        ds = pydicom.dcmread(bundled("CT_small.dcm"))  # a copy of its own, file meta included
         if number:
             ds.SOPInstanceUID = generate_uid()
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.InstanceNumber = number + 1
-            x, y, z = (float(v) for v in source.ImagePositionPatient)
-            ds.ImagePositionPatient = [x, y, z - 5.0 * number]
-            ds.PixelData = np.roll(source.pixel_array, 7 * number, axis=0).tobytes()
+            ds.ImagePositionPatient = [x, y, z - spacing * number]
+            ds.PixelData = np.roll(pixels, 7 * number, axis=0).tobytes()
         path = folder / f"ct{number}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -181,3 +183,11 @@ def test_viewer_renders_a_ct_slice(browser: dict[str, Any]) -> None:
     assert frames and all(r.startswith("200 ") for r in frames), _context(browser)
     failed = [r for r in browser["dicomweb"] if "/dicom-web/" in r and not r.startswith("2")]
     assert not failed, f"DICOMweb requests failed: {failed}" + _context(browser)
+
+
+def test_ohif_finds_the_series_metadata_sound(browser: dict[str, Any]) -> None:
+    """OHIF checks a series' WADO-RS metadata (positions, orientation, spacing, dimensions)
+    before it builds a volume, and flags what it finds wanting on the thumbnail."""
+    step = browser["steps"]["viewer"]
+    assert step["ok"], _context(browser)
+    assert step["seriesWarnings"] == [], step["seriesWarnings"]

@@ -100,6 +100,17 @@ async function main() {
       view.error = String(error.message || error).split('\n')[0];
     }
     view.spreadInPage = await page.evaluate(spread).catch(() => null);
+    // OHIF flags series whose metadata it finds wanting (irregular spacing, not a volume...)
+    // with a warning button on the thumbnail; its tooltip lists the messages.
+    const warnings = page.locator('button[id^="display-set-tooltip"]');
+    view.seriesWarnings = [];
+    for (let i = 0; i < (await warnings.count()); i += 1) {
+      await warnings.nth(i).hover({ force: true, timeout: 5000 }).catch(() => {});
+      const tip = page.locator('[data-radix-popper-content-wrapper]').first();
+      await tip.waitFor({ state: 'visible', timeout: 5000 }).catch(() => {});
+      view.seriesWarnings.push((await tip.innerText().catch(() => '?')).replace(/\s+/g, ' '));
+    }
+    await page.mouse.move(0, 0);
     view.ms = elapsed();
     view.screenshot = path.join(options.outDir, 'viewer.png');
     await page.screenshot({ path: view.screenshot });
