@@ -6,7 +6,7 @@
 // Every wait is bounded; a step that times out is reported, never thrown past the report, so
 // the test can say what failed and still has the screenshots. Input: one JSON argument
 // {playwright, chromium, base, study, patient, outDir, timeoutMs,
-// minSpread}. Output: one JSON line.
+// minSpread, token (optional)}. Output: one JSON line.
 'use strict';
 
 const path = require('path');
@@ -83,8 +83,11 @@ async function main() {
     // 1. The viewer on the study, opened by its deep link (the server answers index.html).
     const view = {};
     report.steps.viewer = view;
+    // A bearer token, when the server wants one, rides as OHIF's ?token= (it sends it as
+    // Authorization on its DICOMweb requests and drops it from the address).
+    const token = options.token ? `&token=${encodeURIComponent(options.token)}` : '';
     await page.goto(
-      `${options.base}/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(options.study)}`,
+      `${options.base}/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(options.study)}${token}`,
       { waitUntil: 'domcontentloaded' },
     );
     await page.addStyleTag({ content: HIDE_TOURS });
