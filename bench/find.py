@@ -48,6 +48,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -476,16 +477,26 @@ class QidoClient:
 
     name = "qido"
 
-    def __init__(self, base_url: str, max_limit: int) -> None:
+    def __init__(
+        self, base_url: str, max_limit: int, auth: Callable[[], dict[str, str]] = dict
+    ) -> None:
         import httpx
 
-        self.http = httpx.Client(base_url=base_url, timeout=300)
+        # A bearer token on every request, asked for each time: the suite renews it as it
+        # nears expiry, and a run outlasts one token.
+        def authorize(request: httpx.Request) -> None:
+            request.headers.update(auth())
+
+        self.http = httpx.Client(
+            base_url=base_url, timeout=300, event_hooks={"request": [authorize]}
+        )
         self.max_limit = max_limit
 
     @staticmethod
-    def available(base_url: str) -> bool:
+    def available(base_url: str, headers: dict[str, str]) -> bool:
+        request = urllib.request.Request(f"{base_url}/dicom-web/studies?limit=1", headers=headers)
         try:
-            with urllib.request.urlopen(f"{base_url}/dicom-web/studies?limit=1", timeout=10) as r:
+            with urllib.request.urlopen(request, timeout=10) as r:
                 return r.status in (200, 204)
         except OSError:
             return False
@@ -578,14 +589,15 @@ def suite_phase(
                 clients.append((CFindClient("127.0.0.1", suite.dicom_port, "EDGE"), hist))
             base = f"http://127.0.0.1:{suite.http_port}"
             if "qido" in args.clients:
-                if QidoClient.available(base):
+                radiologist = partial(suite.auth_headers, "radiologist")
+                if QidoClient.available(base, radiologist()):
                     hist = Histograms(
                         {
                             "server": (listener, "edge_qido_seconds"),
                             "query_service_pages": (query_svc, "edge_query_find_seconds"),
                         }
                     )
-                    clients.append((QidoClient(base, cap), hist))
+                    clients.append((QidoClient(base, cap, radiologist), hist))
                 else:
                     print("QIDO-RS is not served by this listener: skipped", flush=True)
             cpu = CpuSampler()

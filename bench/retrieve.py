@@ -129,7 +129,9 @@ async def _wado(ctx: Context) -> None:
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
     async with (
         httpx.AsyncClient(timeout=300) as http,
-        http.stream("GET", url, headers={"accept": accept}) as response,
+        http.stream(
+            "GET", url, headers={"accept": accept, **ctx.suite.auth_headers("radiologist")}
+        ) as response,
     ):
         response.raise_for_status()
         _, params = parse_media_type(response.headers["content-type"])

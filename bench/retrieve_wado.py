@@ -47,14 +47,15 @@ MB = 1_000_000
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-def retrieve(url: str) -> dict[str, float]:
+def retrieve(url: str, token: str) -> dict[str, float]:
     """One streamed retrieval: bytes, parts, seconds to first byte and to the end."""
     started = time.perf_counter()
     first_byte = None
     total = 0
     parts = 0
     tail = b""
-    with httpx.stream("GET", url, headers={"accept": AS_STORED}, timeout=300) as response:
+    headers = {"accept": AS_STORED, "authorization": f"Bearer {token}"}
+    with httpx.stream("GET", url, headers=headers, timeout=300) as response:
         response.raise_for_status()
         boundary = b"--" + response.headers["content-type"].split("boundary=")[1].encode()
         for chunk in response.iter_raw(1 << 20):
@@ -73,12 +74,13 @@ def retrieve(url: str) -> dict[str, float]:
     }
 
 
-def retrieve_curl(url: str, instances: int) -> dict[str, float]:
+def retrieve_curl(url: str, token: str, instances: int) -> dict[str, float]:
     """The same request with curl (C, discarding the body): what the listener delivers when the
     client costs next to nothing. The body's parts are not counted; the size is checked."""
     out = subprocess.run(
         [
             "curl", "-sS", "-o", "/dev/null", "-H", f"Accept: {AS_STORED}",
+            "-H", f"Authorization: Bearer {token}",
             "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}", url,
         ],
         capture_output=True, text=True, timeout=300, check=True,
@@ -148,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.runs):
                 sampler = RssSampler({"listener": listener}, interval=0.05)
                 sampler.start()
-                run = retrieve(url) if args.client == "python" else retrieve_curl(url, count)
+                token = suite.token("radiologist")  # renewed by the suite when near expiry
+                if args.client == "python":
+                    run = retrieve(url, token)
+                else:
+                    run = retrieve_curl(url, token, count)
                 run["peak_rss_mb"] = sampler.stop()["listener"] / MB
                 run["mb_s"] = run["bytes"] / MB / run["seconds"]
                 run["instances_s"] = run["parts"] / run["seconds"]

@@ -124,8 +124,6 @@ class DevSuite:
             # SeaweedFS's seven internal ports, picked with the others so none is picked twice.
             "EDGE_DEV_S3_INTERNAL_PORTS": ",".join(map(str, self.s3_internal_ports)),
             "TCP_NODELAY": "1",
-            # TEMPORARY (issue 6): the e2e tests get their tokens in the commit that follows.
-            "EDGE_AUTH_ENABLED": "false",
             **self.extra_env,
         }
 

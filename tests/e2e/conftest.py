@@ -4,18 +4,50 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+import requests
 
 from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env
 from edge.common.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
 from edge.common.store import MinioObjectStore
 
 STORE_AE = "STORESCU"
+
+
+class SuiteBearer(httpx.Auth, requests.auth.AuthBase):
+    """Bearer token of a ``role`` user of ``suite`` on every request (httpx or requests: the
+    DICOMweb client), fetched again as it nears expiry: a module may outlive one token."""
+
+    def __init__(self, suite: DevSuite, role: str) -> None:
+        self.suite = suite
+        self.role = role
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.suite.token(self.role)}"
+        yield request
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.suite.token(self.role)}"
+        return request
+
+
+def http_client(suite: DevSuite, role: str = "radiologist", **options: Any) -> httpx.Client:
+    """An httpx client that sends a ``role`` user's token (radiologist: search, retrieve,
+    store)."""
+    return httpx.Client(auth=SuiteBearer(suite, role), **{"timeout": 60, **options})
+
+
+def web_session(suite: DevSuite, role: str = "radiologist") -> requests.Session:
+    """A requests session for ``DICOMwebClient(url, session=...)`` with a ``role`` user's token."""
+    session = requests.Session()
+    session.auth = SuiteBearer(suite, role)
+    return session
 
 
 class Client:

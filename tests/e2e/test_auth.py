@@ -106,7 +106,7 @@ def expected(api: Api, role: str | None) -> int:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSuite]:
-    started = start_suite(tmp_path_factory.mktemp("auth"), extra_env={"EDGE_AUTH_ENABLED": "true"})
+    started = start_suite(tmp_path_factory.mktemp("auth"))
     try:
         yield started
     finally:
@@ -263,3 +263,13 @@ def test_client_credentials_for_service_users(suite: DevSuite) -> None:
     assert (human.status_code, human.json()["error"]) == (400, "unauthorized_client")
     unknown = token_request(suite, grant_type="refresh_token", refresh_token="x")
     assert unknown.json()["error"] == "unsupported_grant_type"
+
+
+def test_no_password_or_token_in_any_log_line(suite: DevSuite) -> None:
+    secrets = [suite.admin_password, *(suite.user(role)[1] for role in ROLES)]
+    secrets += [suite.token(role) for role in ROLES]
+    log = suite.log_path.read_text(errors="replace")
+    assert "login succeeded for" in log  # the log is the one the services write
+    for secret in secrets:
+        assert secret not in log
+        assert secret.split(".")[-1] not in log  # not even a token's signature

@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from edge.cli.devsuite import DevSuite
 from edge.listener.multipart import parse_media_type
-from tests.e2e.conftest import Client
+from tests.e2e.conftest import Client, http_client, web_session
 from tests.unit.dicomfiles import add_pixels, bundled, make_dataset, write_part10
 
 pytestmark = pytest.mark.e2e
@@ -91,8 +91,14 @@ def service(suite: DevSuite) -> str:
 
 
 @pytest.fixture(scope="module")
-def web(service: str) -> DICOMwebClient:
-    return DICOMwebClient(url=service)
+def web(suite: DevSuite, service: str) -> DICOMwebClient:
+    return DICOMwebClient(url=service, session=web_session(suite))
+
+
+@pytest.fixture(scope="module")
+def http(suite: DevSuite) -> Iterator[httpx.Client]:
+    with http_client(suite) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +159,10 @@ def test_stow_stores_the_study_and_refuses_the_stranger_in_the_same_request(
 
 
 def test_stow_answers_202_for_a_partial_store_and_409_when_nothing_is_stored(
-    stowed: tuple[Dataset, dict[str, Dataset]], files: dict[str, Path], service: str
+    stowed: tuple[Dataset, dict[str, Dataset]],
+    files: dict[str, Path],
+    service: str,
+    http: httpx.Client,
 ) -> None:
     boundary = "e2e-boundary"
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -163,7 +172,7 @@ def test_stow_answers_202_for_a_partial_store_and_409_when_nothing_is_stored(
             f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n"
             for d in datas
         )
-        return httpx.post(
+        return http.post(
             f"{service}/studies/{STUDY}",
             content=body + f"--{boundary}--".encode(),
             headers={"content-type": content_type},
@@ -173,16 +182,20 @@ def test_stow_answers_202_for_a_partial_store_and_409_when_nothing_is_stored(
     stranger = files["stranger"].read_bytes()
     assert post(files["plain0"].read_bytes(), stranger).status_code == 202  # a resend: stored
     assert post(stranger).status_code == 409
-    wrong = httpx.post(f"{service}/studies", content=b"x", headers={"content-type": "text/plain"})
+    wrong = http.post(f"{service}/studies", content=b"x", headers={"content-type": "text/plain"})
     assert wrong.status_code == 415
 
 
 def test_study_series_and_instance_come_back_byte_for_byte(
-    stowed: tuple[Dataset, dict[str, Dataset]], client: Client, service: str, web: DICOMwebClient
+    stowed: tuple[Dataset, dict[str, Dataset]],
+    client: Client,
+    service: str,
+    web: DICOMwebClient,
+    http: httpx.Client,
 ) -> None:
     stored = {r[0]: r[1] for r in client.query("SELECT sop_instance_uid, sha256 FROM instance")}
     as_stored = {"accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
-    study = list(parts(httpx.get(f"{service}/studies/{STUDY}", headers=as_stored, timeout=60)))
+    study = list(parts(http.get(f"{service}/studies/{STUDY}", headers=as_stored, timeout=60)))
     got = {
         sop(pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True)): hashlib.sha256(d).hexdigest()
         for _, d in study
@@ -190,7 +203,7 @@ def test_study_series_and_instance_come_back_byte_for_byte(
     assert got == stored
     for name in ("jpeg", "j2k"):  # compressed as stored, with their own syntax
         ds = stowed[1][name]
-        [(media, _)] = parts(httpx.get(url_of(service, ds), headers=as_stored, timeout=60))
+        [(media, _)] = parts(http.get(url_of(service, ds), headers=as_stored, timeout=60))
         assert media.endswith(str(ds.file_meta.TransferSyntaxUID))
     series = web.retrieve_series(STUDY, SERIES[0], media_types=(("application/dicom", "*"),))
     assert {sop(ds) for ds in series} == {
@@ -259,7 +272,10 @@ def image(data: bytes) -> Image.Image:
 
 
 def test_rendered_and_thumbnails_decode_as_images_of_the_right_size(
-    stowed: tuple[Dataset, dict[str, Dataset]], web: DICOMwebClient, service: str
+    stowed: tuple[Dataset, dict[str, Dataset]],
+    web: DICOMwebClient,
+    service: str,
+    http: httpx.Client,
 ) -> None:
     datasets = stowed[1]
     plain0, mf, jpeg = datasets["plain0"], datasets["multiframe"], datasets["jpeg"]
@@ -276,14 +292,17 @@ def test_rendered_and_thumbnails_decode_as_images_of_the_right_size(
         )
     )
     assert frame.getextrema() == (255, 255)
-    thumb = httpx.get(f"{url_of(service, plain0)}/thumbnail", params={"viewport": "32,32"})
+    thumb = http.get(f"{url_of(service, plain0)}/thumbnail", params={"viewport": "32,32"})
     assert image(thumb.content).size == (24, 32)
-    study_thumb = httpx.get(f"{service}/studies/{STUDY}/thumbnail", headers={"accept": "image/png"})
+    study_thumb = http.get(f"{service}/studies/{STUDY}/thumbnail", headers={"accept": "image/png"})
     assert study_thumb.status_code == 200 and image(study_thumb.content).format == "PNG"
 
 
 def test_wado_uri_gives_the_object_and_a_jpeg(
-    stowed: tuple[Dataset, dict[str, Dataset]], files: dict[str, Path], service: str
+    stowed: tuple[Dataset, dict[str, Dataset]],
+    files: dict[str, Path],
+    service: str,
+    http: httpx.Client,
 ) -> None:
     plain1 = stowed[1]["plain1"]
     params: dict[str, Any] = {
@@ -292,19 +311,19 @@ def test_wado_uri_gives_the_object_and_a_jpeg(
         "seriesUID": str(plain1.SeriesInstanceUID),
         "objectUID": sop(plain1),
     }
-    dicom = httpx.get(f"{service}/wado", params={**params, "contentType": "application/dicom"})
+    dicom = http.get(f"{service}/wado", params={**params, "contentType": "application/dicom"})
     assert dicom.headers["content-type"] == "application/dicom"
     assert dicom.content == files["plain1"].read_bytes()
-    jpeg = httpx.get(f"{service}/wado", params={**params, "columns": "24"})
+    jpeg = http.get(f"{service}/wado", params={**params, "columns": "24"})
     assert image(jpeg.content).size == (24, 32)
 
 
 def test_unknown_resources_and_bad_requests_are_problems(
-    stowed: tuple[Dataset, dict[str, Dataset]], service: str
+    stowed: tuple[Dataset, dict[str, Dataset]], service: str, http: httpx.Client
 ) -> None:
-    missing = httpx.get(f"{service}/studies/{generate_uid()}")
+    missing = http.get(f"{service}/studies/{generate_uid()}")
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
-    assert httpx.get(f"{service}/studies/1.2.abc/metadata").status_code == 400
-    refused = httpx.get(f"{service}/studies/{STUDY}", headers={"accept": "application/zip"})
+    assert http.get(f"{service}/studies/1.2.abc/metadata").status_code == 400
+    refused = http.get(f"{service}/studies/{STUDY}", headers={"accept": "application/zip"})
     assert refused.status_code == 406

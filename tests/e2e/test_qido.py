@@ -6,7 +6,7 @@ modalities per study), never copied from an answer."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,7 +25,7 @@ from pydicom.uid import (
 )
 
 from edge.cli.devsuite import DevSuite
-from tests.e2e.conftest import Client
+from tests.e2e.conftest import Client, http_client, web_session
 from tests.unit.dicomfiles import add_pixels, make_dataset, write_part10
 
 pytestmark = pytest.mark.e2e
@@ -141,8 +141,14 @@ def service(suite: DevSuite) -> str:
 
 
 @pytest.fixture(scope="module")
-def qido(loaded: Client, service: str) -> DICOMwebClient:
-    return DICOMwebClient(url=service)
+def qido(loaded: Client, suite: DevSuite, service: str) -> DICOMwebClient:
+    return DICOMwebClient(url=service, session=web_session(suite))
+
+
+@pytest.fixture(scope="module")
+def http(suite: DevSuite) -> Iterator[httpx.Client]:
+    with http_client(suite) as client:
+        yield client
 
 
 # --- what the data set says each search should find -------------------------------------------
@@ -264,22 +270,26 @@ def test_includefield_adds_attributes_and_all_adds_every_study_attribute(
     assert set(plain) <= set(everything)
 
 
-def test_limit_and_offset_page_through_every_study_once(qido: DICOMwebClient, service: str) -> None:
+def test_limit_and_offset_page_through_every_study_once(
+    qido: DICOMwebClient, service: str, http: httpx.Client
+) -> None:
     pages = [qido.search_for_studies(limit=3, offset=offset) for offset in (0, 3, 6)]
     assert [len(p) for p in pages] == [3, len(STUDIES) - 3, 0]
     seen = [uid for page in pages for uid in values(page, "0020000D")]
     assert sorted(seen) == sorted(s.uid for s in STUDIES)
     assert study_uids(qido.search_for_studies(limit=1, get_remaining=True)) == where(lambda s: True)
     # PS3.18 8.3.4.4.1: a page that leaves matches behind says so.
-    first = httpx.get(f"{service}/studies", params={"limit": 3})
-    last = httpx.get(f"{service}/studies", params={"limit": 3, "offset": 3})
+    first = http.get(f"{service}/studies", params={"limit": 3})
+    last = http.get(f"{service}/studies", params={"limit": 3, "offset": 3})
     assert first.headers["warning"].startswith(f"299 {service}: There are additional results")
     assert "warning" not in last.headers
     assert values(first.json(), "00081190")[0].startswith(f"{service}/studies/")
 
 
-def test_no_match_is_204_without_a_payload(loaded: Client, service: str) -> None:
-    response = httpx.get(f"{service}/studies", params={"PatientID": "NOBODY"})
+def test_no_match_is_204_without_a_payload(
+    loaded: Client, service: str, http: httpx.Client
+) -> None:
+    response = http.get(f"{service}/studies", params={"PatientID": "NOBODY"})
     assert (response.status_code, response.content) == (204, b"")
 
 
@@ -294,9 +304,9 @@ def test_no_match_is_204_without_a_payload(loaded: Client, service: str) -> None
     ],
 )
 def test_a_bad_query_is_a_400_problem_with_the_reason(
-    loaded: Client, service: str, params: dict[str, str], reason: str
+    loaded: Client, service: str, http: httpx.Client, params: dict[str, str], reason: str
 ) -> None:
-    response = httpx.get(f"{service}/studies", params=params)
+    response = http.get(f"{service}/studies", params=params)
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()

@@ -45,7 +45,10 @@ def scrubbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 
 def scrub_now(client: Client) -> dict[str, object]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{client.suite.storage_port}/api/scrub", data=b"", method="POST"
+        f"http://127.0.0.1:{client.suite.storage_port}/api/scrub",
+        data=b"",
+        method="POST",
+        headers=client.suite.auth_headers("admin"),
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return dict(json.load(response))

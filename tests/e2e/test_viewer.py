@@ -114,6 +114,8 @@ def browser(
         "outDir": str(out),
         "timeoutMs": int(STEP_TIMEOUT * 1000),
         "minSpread": MIN_SPREAD,
+        # Issue 6: with authentication on, a bearer token for OHIF's DICOMweb requests.
+        "token": suite.token("radiologist"),
     }
     try:
         run = subprocess.run(

@@ -71,9 +71,10 @@ def wait_bound(suite: DevSuite, routing_key: str, timeout: float = 30) -> None:
     raise AssertionError(f"no queue bound to {routing_key} within {timeout}s")
 
 
-def get_json(url: str) -> tuple[int, Any]:
+def get_json(url: str, token: str) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -106,8 +107,12 @@ def test_a_study_sent_with_storescu_is_announced_once_and_replayable(
     for value in (str(patient.PatientName), str(patient.PatientID)):
         assert value and value not in line
 
+    # As the README does it: a token from `edge token` (its last line), then the change feed.
+    token = quick_suite.edge(
+        "token", "--user", "admin", "--password", quick_suite.admin_password
+    ).stdout.splitlines()[-1]
     status, feed = get_json(
-        f"http://127.0.0.1:{quick_suite.ingestion_port}/api/changes?after=0&limit=100"
+        f"http://127.0.0.1:{quick_suite.ingestion_port}/api/changes?after=0&limit=100", token
     )
     assert status == 200
     types = [e["type"].split(".")[-2] for e in feed["events"] if e["subject"] == study_uid]
@@ -116,5 +121,7 @@ def test_a_study_sent_with_storescu_is_announced_once_and_replayable(
     [replayed] = [e for e in feed["events"] if e["id"] == event["id"]]
     assert replayed["sequence"] == event["sequence"]
 
-    status, problem = get_json(f"http://127.0.0.1:{quick_suite.ingestion_port}/api/changes?after=x")
+    status, problem = get_json(
+        f"http://127.0.0.1:{quick_suite.ingestion_port}/api/changes?after=x", token
+    )
     assert status == 400 and "after" in problem["detail"]
