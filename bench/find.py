@@ -338,23 +338,17 @@ class EngineClient:
         self.loop.run_until_complete(self._open())
 
     async def _open(self) -> None:
-        from psycopg_pool import AsyncConnectionPool
-
+        from edge.common.catalog.pool import open_read_pool
         from edge.query.service import QueryHandler
         from edge.query.settings import QuerySettings
 
         s = QuerySettings(database_url=self.database_url, find_max_results=self.max_results)
-        self.pool: Any = AsyncConnectionPool(  # as QueryService.start() opens it
+        self.pool: Any = await open_read_pool(  # as QueryService.start() opens it
             s.database_url,
-            min_size=1,
-            max_size=s.db_pool_size,
-            kwargs={
-                "autocommit": True,
-                "options": f"-c statement_timeout={s.find_statement_timeout_ms}",
-            },
-            open=False,
+            size=s.db_pool_size,
+            statement_timeout_ms=s.find_statement_timeout_ms,
+            name="bench-find",
         )
-        await self.pool.open(wait=True, timeout=10)
         self.handler = QueryHandler(
             self.pool,
             max_results=s.find_max_results,

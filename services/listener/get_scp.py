@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_GET
@@ -27,17 +24,13 @@ from edge.common.outbound import Instance, Outcome, send_instance
 from edge.common.store import ObjectStore
 from edge.common.suboperations import (
     MAX_SUBOPERATIONS,
-    PENDING,
     UNABLE_TO_CALCULATE,
     Progress,
 )
-from edge.common.tracing import record_failure, safe_attributes
 from edge.listener.auditing import STUDY_INSTANCE_UID, peer, retrieved, values
-from edge.listener.retrieve_service import GET_MODELS, RetrieveResponse
-from edge.listener.spans import association_context
+from edge.listener.retrieve_service import GET_MODELS, RetrieveResponse, traced
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 PAGE = 5000  # instances asked of retrieval.locate at a time
 
@@ -154,42 +147,15 @@ def get_responses(
 def on_c_get(event: evt.Event, deps: GetDeps) -> Iterator[RetrieveResponse]:
     """EVT_C_GET: :func:`get_responses` under a span, timed; the span carries AE titles and
     counts, never the identifier's values."""
-    started = time.monotonic()
-    calling = str(event.assoc.requestor.ae_title).strip()
-    span = tracer.start_span(
-        "C-GET",
-        context=association_context(event.assoc),
-        kind=SpanKind.SERVER,
-        attributes=safe_attributes({"dicom.calling_ae": calling}),
-    )
-    final = "none"
-    last: RetrieveResponse | None = None
     sent: collections.Counter[str] = collections.Counter()
-    try:
-        with trace.use_span(span, end_on_exit=False):
-            for response in get_responses(event, deps, sent):
-                if response.status != PENDING:
-                    last = response
-                    final = f"0x{response.status:04X}"
-                    span.set_attributes(
-                        safe_attributes(
-                            {
-                                "dicom.status": final,
-                                "edge.count": response.completed or 0,
-                                "edge.failed": response.failed or 0,
-                            }
-                        )
-                    )
-                yield response
-    except Exception as exc:
-        record_failure(span, exc)
-        raise
-    finally:
-        if final not in ("0x0000", "0xFE00"):
-            span.set_status(StatusCode.ERROR, final)
-        span.end()
-        C_GET_SECONDS.labels(final).observe(time.monotonic() - started)
-        audit_get(event, deps.audit, last, sent)
+    responses = get_responses(event, deps, sent)
+    yield from traced(
+        "C-GET",
+        event,
+        responses,
+        C_GET_SECONDS,
+        lambda last: audit_get(event, deps.audit, last, sent),
+    )
 
 
 def audit_get(

@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Histogram
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_MOVE
@@ -26,13 +24,10 @@ from edge.common.audit import DESTINATION, Auditor, ae
 from edge.common.dicom import Status
 from edge.common.rpc import RpcClient, RpcStream
 from edge.common.suboperations import PENDING, UNABLE_TO_PERFORM
-from edge.common.tracing import record_failure, safe_attributes
 from edge.listener.auditing import peer, retrieved
-from edge.listener.retrieve_service import MOVE_MODELS, RetrieveResponse
-from edge.listener.spans import association_context
+from edge.listener.retrieve_service import MOVE_MODELS, RetrieveResponse, traced
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 POLL = 0.1  # seconds between looks for a C-CANCEL while waiting for the next reply
 
@@ -190,41 +185,10 @@ def move_responses(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveRespons
 def on_c_move(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveResponse]:
     """EVT_C_MOVE: :func:`move_responses` under a span, timed; the span carries AE titles and
     counts, never the identifier's values."""
-    started = time.monotonic()
-    calling = str(event.assoc.requestor.ae_title).strip()
-    span = tracer.start_span(
-        "C-MOVE",
-        context=association_context(event.assoc),
-        kind=SpanKind.SERVER,
-        attributes=safe_attributes({"dicom.calling_ae": calling}),
+    responses = move_responses(event, deps)
+    yield from traced(
+        "C-MOVE", event, responses, C_MOVE_SECONDS, lambda last: audit_move(event, deps.audit, last)
     )
-    final = "none"
-    last: RetrieveResponse | None = None
-    try:
-        with trace.use_span(span, end_on_exit=False):
-            for response in move_responses(event, deps):
-                if response.status != PENDING:
-                    last = response
-                    final = f"0x{response.status:04X}"
-                    span.set_attributes(
-                        safe_attributes(
-                            {
-                                "dicom.status": final,
-                                "edge.count": response.completed or 0,
-                                "edge.failed": response.failed or 0,
-                            }
-                        )
-                    )
-                yield response
-    except Exception as exc:
-        record_failure(span, exc)
-        raise
-    finally:
-        if final not in ("0x0000", "0xFE00"):
-            span.set_status(StatusCode.ERROR, final)
-        span.end()
-        C_MOVE_SECONDS.labels(final).observe(time.monotonic() - started)
-        audit_move(event, deps.audit, last)
 
 
 def audit_move(event: evt.Event, audit: Auditor | None, last: RetrieveResponse | None) -> None:

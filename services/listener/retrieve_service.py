@@ -12,12 +12,16 @@ handlers stay bound in the listener's one list), and the handler yields
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, cast
 
 import pynetdicom.association as _association
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import Histogram
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
@@ -32,8 +36,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from edge.common.direct import DirectSender
 from edge.common.suboperations import CANCELLED, PENDING, SUCCESS, UNABLE_TO_PROCESS, WARNING
+from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.spans import association_context
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # The information models we retrieve from, by SOP Class (PS3.4 C.6.1, C.6.2).
 MOVE_MODELS: dict[str, str] = {
@@ -73,6 +80,53 @@ class RetrieveResponse:
             failed_uids=tuple(reply.get("failed_uids") or ()) if final else (),
             comment=str(reply.get("comment") or ""),
         )
+
+
+def traced(
+    name: str,
+    event: evt.Event,
+    responses: Iterator[RetrieveResponse],
+    seconds: Histogram,
+    on_end: Callable[[RetrieveResponse | None], None],
+) -> Iterator[RetrieveResponse]:
+    """``responses`` of one C-MOVE or C-GET under a span named ``name``, timed in ``seconds``
+    by final status; the span carries AE titles and counts, never the identifier's values.
+    ``on_end`` gets the final response (None when there was none), e.g. for the audit trail."""
+    started = time.monotonic()
+    calling = str(event.assoc.requestor.ae_title).strip()
+    span = tracer.start_span(
+        name,
+        context=association_context(event.assoc),
+        kind=SpanKind.SERVER,
+        attributes=safe_attributes({"dicom.calling_ae": calling}),
+    )
+    final = "none"
+    last: RetrieveResponse | None = None
+    try:
+        with trace.use_span(span, end_on_exit=False):
+            for response in responses:
+                if response.status != PENDING:
+                    last = response
+                    final = f"0x{response.status:04X}"
+                    span.set_attributes(
+                        safe_attributes(
+                            {
+                                "dicom.status": final,
+                                "edge.count": response.completed or 0,
+                                "edge.failed": response.failed or 0,
+                            }
+                        )
+                    )
+                yield response
+    except Exception as exc:
+        record_failure(span, exc)
+        raise
+    finally:
+        if final not in ("0x0000", "0xFE00"):
+            span.set_status(StatusCode.ERROR, final)
+        span.end()
+        seconds.labels(final).observe(time.monotonic() - started)
+        on_end(last)
 
 
 def _is_failure(status: int) -> bool:

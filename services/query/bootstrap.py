@@ -10,6 +10,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.routing import BaseRoute
 
 from edge.common.bus import RECONNECT_INTERVAL
+from edge.common.catalog.pool import open_read_pool
 from edge.common.rpc import RpcServer
 from edge.common.runtime import Check, broker_check
 from edge.query.service import QueryHandler
@@ -27,19 +28,12 @@ class QueryService:
 
     async def start(self) -> None:
         s = self.settings
-        self.pool = AsyncConnectionPool(
+        self.pool = await open_read_pool(
             s.database_url,
-            min_size=1,
-            max_size=s.db_pool_size,
-            # Reads only, each its own statement; a runaway query is cut off.
-            kwargs={
-                "autocommit": True,
-                "options": f"-c statement_timeout={s.find_statement_timeout_ms}",
-            },
+            size=s.db_pool_size,
+            statement_timeout_ms=s.find_statement_timeout_ms,
             name="edge-query",
-            open=False,
         )
-        await self.pool.open(wait=True, timeout=10)
         self._connection = await aio_pika.connect_robust(
             s.amqp_url, timeout=10, reconnect_interval=RECONNECT_INTERVAL
         )

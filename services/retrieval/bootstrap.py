@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute
 
 from edge.auth.registry import PsycopgAERegistry
 from edge.common.bus import RECONNECT_INTERVAL
+from edge.common.catalog.pool import open_read_pool
 from edge.common.rpc import RpcServer
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
@@ -33,19 +34,12 @@ class RetrievalService:
         s = self.settings
         if self.store is None:
             self.store = MinioObjectStore.from_settings(s)
-        self.pool = AsyncConnectionPool(
+        self.pool = await open_read_pool(
             s.database_url,
-            min_size=1,
-            max_size=s.db_pool_size,
-            # Catalog reads only, each its own statement; a runaway one is cut off.
-            kwargs={
-                "autocommit": True,
-                "options": f"-c statement_timeout={s.locate_statement_timeout_ms}",
-            },
+            size=s.db_pool_size,
+            statement_timeout_ms=s.locate_statement_timeout_ms,
             name="edge-retrieval",
-            open=False,
         )
-        await self.pool.open(wait=True, timeout=10)
         self._connection = await aio_pika.connect_robust(
             s.amqp_url, timeout=10, reconnect_interval=RECONNECT_INTERVAL
         )
