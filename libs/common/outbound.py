@@ -2,8 +2,9 @@
 contexts to propose, how to send each instance over what the peer accepted, and the spool that
 streams an object from S3 to a file so that memory stays flat whatever the instance size.
 
-An instance goes as stored when the peer accepted its transfer syntax: the spooled Part-10 file
-is sent in chunks (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``), the data set's bytes unchanged.
+An instance goes as stored when the peer accepted its transfer syntax: the data set's bytes of
+the spooled Part-10 file, unchanged, written to the association in PDU-sized pieces
+(``edge.common.direct``).
 Otherwise, if the peer accepted Explicit or Implicit VR Little Endian only: an uncompressed
 instance is re-encoded by pydicom, a compressed one decompressed by pydicom's pixel handlers
 (pylibjpeg, openjpeg, Pillow plugins); an instance that cannot be is a failed sub-operation with
@@ -31,7 +32,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import _config
 from pynetdicom.presentation import PresentationContext, build_context
 
 from edge.common.direct import DirectSender, c_store_command
@@ -39,8 +39,6 @@ from edge.common.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-# Sent from a file path, pynetdicom streams the data set from the file in PDU-sized pieces.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 UNCOMPRESSED = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 # Stored encodings pydicom can read and write in an uncompressed syntax without pixel handlers.
@@ -215,7 +213,11 @@ def send_instance(
             if route is Route.AS_STORED:
                 answer = _send_as_stored(assoc, path, instance, kwargs)
             if answer is None:
-                dataset = path if route is Route.AS_STORED else _decoded(path, route)
+                # A file whose meta cannot be skipped (no group length), or a re-encoding: the
+                # data set in memory, through pynetdicom. (Not pynetdicom's chunked sending from
+                # the file: that is a process-wide switch, and it would change how every other
+                # C-STORE of this process is sent.)
+                dataset = dcmread(path) if route is Route.AS_STORED else _decoded(path, route)
                 answer = assoc.send_c_store(dataset, **kwargs)
     except IntegrityError as exc:
         log.error("sub-operation for %s: %s", instance.sop, exc)

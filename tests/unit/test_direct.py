@@ -6,9 +6,11 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filereader import read_dataset
+from pynetdicom import _config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.pdu import P_DATA_TF
 
@@ -48,7 +50,9 @@ def test_data_set_offset_skips_exactly_the_file_meta(tmp_path: Path) -> None:
         assert data_set_offset(f) is None  # no preamble: left to pynetdicom
 
 
-def test_pdus_decode_as_one_c_store_request() -> None:
+def test_pdus_decode_as_one_c_store_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoded in memory: the listener, when imported, has pynetdicom spool C-STOREs to files.
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
     command = c_store_command(3, "1.2.840.10008.5.1.4.1.1.2", "1.2.3")
     data = bytes(range(256)) * 40
     pdus = [_pdu(1, 0x03, command)]
