@@ -63,7 +63,8 @@ from bench.catalog_load import DEFAULT_URL, ensure_loaded  # noqa: E402
 from bench.ingest import histogram_quantile, machine, percentile  # noqa: E402
 
 CALLING_AE = "BENCHFIND"
-PAGE = 100  # what the listener asks of query.find at a time (find_scp.PAGE)
+PAGE = 100  # what the listener asks of query.find first (find_scp.PAGE) ...
+NEXT_PAGES = 500  # ... and then at a time (find_scp.NEXT_PAGES)
 DEFAULT_CAP = 1000
 BIG_CAP = 10_000
 BIG_ANSWER = 2000
@@ -359,8 +360,9 @@ class EngineClient:
         return self.loop.run_until_complete(self._pages(query, identifier(query.level, keys)))
 
     async def _pages(self, query: Query, ident: dict[str, Any]) -> tuple[int, str]:
-        """As the listener does (find_scp.matches): pages of 100 until none is left, the cap
-        is reached, or the client's limit."""
+        """As the listener does (find_scp.matches): a page of 100, then pages of 500, until none
+        is left, the cap is reached, or the client's limit (one after the other: the listener
+        asks for the next page while it sends one, which this does not show)."""
         payload: dict[str, Any] = {
             "model": "STUDY",
             "level": query.level,
@@ -383,6 +385,7 @@ class EngineClient:
                 return count, "0x0000"
             payload["returned"] += len(reply["matches"])
             payload["after"] = reply["next"]
+            payload["limit"] = NEXT_PAGES
 
     def explain(self, query: Query, ident: dict[str, Any]) -> str:
         return self.loop.run_until_complete(self._explain(query, ident))

@@ -45,7 +45,8 @@ FIND_MODELS: dict[str, str] = {
 }
 PENDING = 0xFF00
 CANCELLED = 0xFE00
-PAGE = 100  # matches asked of the query service at a time
+PAGE = 100  # matches asked of the query service first: the first responses go out soon
+NEXT_PAGES = 500  # then at a time: fewer round trips and statements for a large answer
 
 C_FIND_SECONDS = Histogram(
     "edge_cfind_seconds",
@@ -172,6 +173,7 @@ def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, M
             payload["returned"] += len(found)
             if reply.get("next") is not None and not reply.get("capped"):
                 payload["after"] = reply["next"]
+                payload["limit"] = NEXT_PAGES
                 pending = _ask(deps, dict(payload))
             for match in found:
                 if event.is_cancelled:

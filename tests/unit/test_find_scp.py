@@ -85,6 +85,7 @@ def test_pages_are_asked_for_until_the_last_and_every_match_is_pending() -> None
     assert query.asked[0]["identifier"]["00100010"]["Value"] == [{"Alphabetic": "DOE*"}]
     assert "after" not in query.asked[0]
     assert (query.asked[1]["after"], query.asked[1]["returned"]) == (42, 2)
+    assert (query.asked[0]["limit"], query.asked[1]["limit"]) == (100, 500)
 
 
 def test_the_next_page_is_asked_for_before_this_one_is_sent() -> None:
