@@ -558,6 +558,8 @@ def start_suite(work_dir: Path, database_url: str, cap: int) -> Any:
             "EDGE_STABLE_AFTER": str(10 * 365 * 86400),
         },
     )
+    # Its catalog, and where it keeps the users whose tokens the benchmark asks for.
+    suite.database_url = database_url
     suite.start()
     suite.edge(
         "ae", "add", CALLING_AE, "--host", "127.0.0.1", "--port", "11112", "--allow", "echo,find"
