@@ -239,6 +239,33 @@ class RpcServer:
         await _close(self._channel, timeout)
 
 
+async def _publish_request(
+    channel: AbstractChannel,
+    operation: str,
+    payload: Payload,
+    correlation_id: str,
+    timeout: float,
+) -> None:
+    """Publish one request (plain or streamed) with its deadline and trace context; the reply or
+    replies come to the direct reply-to queue under ``correlation_id``."""
+    headers: dict[str, Any] = {DEADLINE_HEADER: int((time.time() + timeout) * 1000)}
+    inject(headers)
+    await asyncio.wait_for(
+        channel.default_exchange.publish(
+            aio_pika.Message(
+                body=json.dumps(payload).encode(),
+                correlation_id=correlation_id,
+                reply_to=REPLY_TO,
+                content_type="application/json",
+                expiration=timeout,
+                headers=headers,
+            ),
+            routing_key=request_queue(operation),
+        ),
+        timeout,
+    )
+
+
 class RpcClient:
     """Calls operations; replies arrive on the direct reply-to pseudo-queue of one channel."""
 
@@ -308,26 +335,11 @@ class RpcClient:
     async def _call(self, operation: str, payload: Payload, timeout: float | None) -> Payload:
         channel = await self._ready_channel(operation)
         timeout = self._timeout if timeout is None else timeout
-        headers: dict[str, Any] = {DEADLINE_HEADER: int((time.time() + timeout) * 1000)}
-        inject(headers)
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:
-            await asyncio.wait_for(
-                channel.default_exchange.publish(
-                    aio_pika.Message(
-                        body=json.dumps(payload).encode(),
-                        correlation_id=correlation_id,
-                        reply_to=REPLY_TO,
-                        content_type="application/json",
-                        expiration=timeout,
-                        headers=headers,
-                    ),
-                    routing_key=request_queue(operation),
-                ),
-                timeout,
-            )
+            await _publish_request(channel, operation, payload, correlation_id, timeout)
             message = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             raise RpcTimeout(f"rpc {operation}: no reply within {timeout:.1f}s") from exc
@@ -351,28 +363,13 @@ class RpcClient:
         with _rpc_span(operation, SpanKind.CLIENT) as span:
             channel = await self._ready_channel(operation)
             timeout = self._timeout if timeout is None else timeout
-            headers: dict[str, Any] = {DEADLINE_HEADER: int((time.time() + timeout) * 1000)}
-            inject(headers)
             correlation_id = uuid.uuid4().hex
             replies: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             self._streams[correlation_id] = replies
             result = RpcStream(self, operation, correlation_id, replies, timeout)
             try:
                 try:
-                    await asyncio.wait_for(
-                        channel.default_exchange.publish(
-                            aio_pika.Message(
-                                body=json.dumps(payload).encode(),
-                                correlation_id=correlation_id,
-                                reply_to=REPLY_TO,
-                                content_type="application/json",
-                                expiration=timeout,
-                                headers=headers,
-                            ),
-                            routing_key=request_queue(operation),
-                        ),
-                        timeout,
-                    )
+                    await _publish_request(channel, operation, payload, correlation_id, timeout)
                 except TimeoutError as exc:
                     raise RpcTimeout(f"rpc {operation}: no broker within {timeout:.1f}s") from exc
                 except aio_pika.exceptions.AMQPError as exc:
