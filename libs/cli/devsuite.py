@@ -24,6 +24,7 @@ import psycopg
 
 from edge.cli.supervisor import is_ready
 from edge.common.netutil import free_ports
+from edge.common.tls import DevPki, ensure_dev_pki
 
 AMQP_BASE = "amqp://guest:guest@127.0.0.1:5672"
 PG_BASE = "postgresql://postgres@127.0.0.1:5432"
@@ -85,8 +86,9 @@ class DevSuite:
             self.query_port,
             self.retrieval_port,
             self.s3_port,
+            self.tls_port,
             *self.s3_internal_ports,
-        ) = free_ports(8 + 7)
+        ) = free_ports(9 + 7)
         self.vhost = self.name
         self.amqp_url = f"{self.amqp_base}/{self.vhost}"
         self.database_url = f"{PG_BASE}/{self.name}"
@@ -112,6 +114,7 @@ class DevSuite:
             "EDGE_AE_TITLE": self.ae_title,
             "EDGE_DICOM_HOST": "127.0.0.1",
             "EDGE_DICOM_PORT": str(self.dicom_port),
+            "EDGE_TLS_PORT": str(self.tls_port),
             "EDGE_HTTP_HOST": "127.0.0.1",
             "EDGE_HTTP_PORT": str(self.http_port),
             "EDGE_INGESTION_HTTP_PORT": str(self.ingestion_port),
@@ -126,6 +129,17 @@ class DevSuite:
             "TCP_NODELAY": "1",
             **self.extra_env,
         }
+
+    @property
+    def pki(self) -> DevPki:
+        """The suite's development CA and certificates (``edge up --dev`` makes them at start;
+        :func:`ensure_dev_pki` adds client certificates for AE titles)."""
+        return DevPki(self.work_dir / "data" / "tls")
+
+    def client_certificate(self, ae_title: str) -> tuple[Path, Path]:
+        """``(certificate, key)`` naming ``ae_title`` (CN and SAN DNS), signed by the suite's CA."""
+        pki = ensure_dev_pki(self.pki.folder, (ae_title,))
+        return pki.client_cert(ae_title), pki.client_key(ae_title)
 
     def edge(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the ``edge`` CLI against this suite."""

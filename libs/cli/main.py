@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from edge.auth.registry import PsycopgAERegistry
+from edge.auth.registry import IDENTITY_KINDS, PsycopgAERegistry, RemoteAE
 from edge.cli import audit as auditing
 from edge.cli import send as sending
 from edge.cli import supervisor
@@ -95,6 +97,43 @@ async def _announce(ae_title: str, change: str) -> str | None:
         await bus.close()
 
 
+def _kinds(value: str) -> frozenset[str]:
+    return frozenset(k.strip() for k in value.split(",") if k.strip())
+
+
+def _put_ae(ae_factory: Callable[[], RemoteAE], title: str) -> None:
+    try:
+        ae = ae_factory()
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    created = asyncio.run(_registry().put(ae))
+    console.print(f"{'added' if created else 'updated'} {title}")
+    note = asyncio.run(_announce(title, "added" if created else "updated"))
+    if note:
+        console.print(f"[dim]{note}[/]")
+
+
+IdentityOption = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        help="DICOM User Identity: none (not supported), optional, required",
+    ),
+]
+KindsOption = Annotated[
+    str | None,
+    typer.Option("--identity-kinds", help="comma list of password,jwt (the kinds accepted)"),
+]
+TlsCertOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--tls-client-cert/--no-tls-client-cert",
+        help="must associate over TLS with a client certificate naming this AE title",
+    ),
+]
+
+
 @ae_app.command("add")
 def ae_add(
     title: str,
@@ -106,42 +145,96 @@ def ae_add(
     tls: Annotated[bool, typer.Option(help="TLS required for this node")] = False,
     move_destination: Annotated[bool, typer.Option(help="may be a C-MOVE destination")] = True,
     description: str = "",
+    identity: IdentityOption = None,
+    identity_kinds: KindsOption = None,
+    tls_client_cert: TlsCertOption = None,
 ) -> None:
-    """Register (or update) a remote DICOM node."""
-    from edge.auth.registry import RemoteAE
-
-    try:
-        ae = RemoteAE(
+    """Register (or replace) a remote DICOM node."""
+    _put_ae(
+        lambda: RemoteAE(
             ae_title=title,
             hosts=tuple(host),
             port=port,
-            permissions=frozenset(p.strip() for p in allow.split(",") if p.strip()),
+            permissions=_kinds(allow),
             tls_required=tls,
             move_destination=move_destination,
             description=description,
-        )
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    created = asyncio.run(_registry().put(ae))
-    console.print(f"{'added' if created else 'updated'} {title}")
-    note = asyncio.run(_announce(title, "added" if created else "updated"))
-    if note:
-        console.print(f"[dim]{note}[/]")
+            user_identity=identity or "none",
+            identity_kinds=_kinds(identity_kinds) if identity_kinds else frozenset(IDENTITY_KINDS),
+            tls_client_cert=bool(tls_client_cert),
+        ),
+        title,
+    )
+
+
+@ae_app.command("update")
+def ae_update(
+    title: str,
+    host: Annotated[list[str] | None, typer.Option(help="replaces the hosts; repeatable")] = None,
+    port: Annotated[int | None, typer.Option(help="the node's DICOM port")] = None,
+    allow: Annotated[
+        str | None, typer.Option(help="comma list of echo,store,find,move,get")
+    ] = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="TLS required")] = None,
+    move_destination: Annotated[
+        bool | None,
+        typer.Option("--move-destination/--no-move-destination", help="a C-MOVE destination"),
+    ] = None,
+    description: str | None = None,
+    identity: IdentityOption = None,
+    identity_kinds: KindsOption = None,
+    tls_client_cert: TlsCertOption = None,
+) -> None:
+    """Change what is given of a registered node; the rest stays."""
+    current = asyncio.run(_registry().get(title))
+    if current is None:
+        console.print(f"[red]no AE {title!r} registered[/]")
+        raise typer.Exit(1)
+    changes: dict[str, Any] = {
+        "hosts": tuple(host) if host else None,
+        "port": port,
+        "permissions": _kinds(allow) if allow is not None else None,
+        "tls_required": tls,
+        "move_destination": move_destination,
+        "description": description,
+        "user_identity": identity,
+        "identity_kinds": _kinds(identity_kinds) if identity_kinds is not None else None,
+        "tls_client_cert": tls_client_cert,
+    }
+    given = {name: value for name, value in changes.items() if value is not None}
+    _put_ae(lambda: dataclasses.replace(current, **given), title)
+
+
+def _terms(ae: RemoteAE) -> str:
+    """What the registry asks of ``ae`` beyond its address and permissions, in a few words."""
+    terms = []
+    if ae.tls_required or ae.tls_client_cert:
+        terms.append("TLS + client cert" if ae.tls_client_cert else "TLS")
+    if ae.user_identity != "none":
+        terms.append(f"identity {ae.user_identity}: {','.join(sorted(ae.identity_kinds))}")
+    if not ae.move_destination:
+        terms.append("not a move destination")
+    return "; ".join(terms) or "-"
 
 
 @ae_app.command("list")
 def ae_list() -> None:
     """List the registered remote DICOM nodes."""
-    table = Table("AE title", "hosts", "port", "permissions", "TLS", "move dest.", "description")
+    table = Table(
+        Column("AE title", no_wrap=True),
+        Column("hosts", overflow="fold"),
+        Column("port", no_wrap=True),
+        Column("permissions", no_wrap=True),
+        Column("terms", overflow="fold"),
+        Column("description", overflow="fold"),
+    )
     for ae in asyncio.run(_registry().list()):
         table.add_row(
             ae.ae_title,
             ", ".join(ae.hosts),
             str(ae.port),
             ",".join(sorted(ae.permissions)),
-            "yes" if ae.tls_required else "no",
-            "yes" if ae.move_destination else "no",
+            _terms(ae),
             ae.description,
         )
     console.print(table)

@@ -89,6 +89,17 @@ async def ensure_first_admin(settings: CommonSettings) -> str | None:
     )
 
 
+def use_dev_pki(data_dir: Path) -> None:
+    """A development CA and server certificate under ``data_dir/tls`` (made once), used for
+    DICOM TLS by every child unless EDGE_TLS_* name other files."""
+    from edge.common.tls import ensure_dev_pki
+
+    pki = ensure_dev_pki(data_dir / "tls")
+    os.environ.setdefault("EDGE_TLS_CERT_FILE", str(pki.server_cert.resolve()))
+    os.environ.setdefault("EDGE_TLS_KEY_FILE", str(pki.server_key.resolve()))
+    os.environ.setdefault("EDGE_TLS_CA_FILE", str(pki.ca.resolve()))
+
+
 def start_dev_s3(settings: CommonSettings, data_dir: Path) -> SeaweedServer:
     port = int(urlsplit(f"//{settings.s3_endpoint}").port or DEFAULT_S3_PORT)
     # The developer instance keeps SeaweedFS's internal ports fixed; any other instance (tests,
@@ -165,6 +176,9 @@ def banner(console: Console, settings: CommonSettings) -> None:
     console.print(
         f"  DICOM      AE title [bold]{listener.ae_title}[/] on port {listener.dicom_port}"
     )
+    if listener.tls_cert_file is not None and listener.tls_key_file is not None:
+        ca = f", CA {listener.tls_ca_file}" if listener.tls_ca_file else ""
+        console.print(f"  DICOM TLS  port {listener.tls_port}{ca}")
     for service in SERVICES:
         console.print(f"  {service:<10} http://127.0.0.1:{http_port(service)}/readyz")
     console.print(f"  S3         http://{settings.s3_endpoint}  bucket {settings.s3_bucket}")
@@ -196,6 +210,7 @@ def run(*, dev: bool, data_dir: Path, console: Console) -> int:
             applied = asyncio.run(prepare(settings))
             console.print(f"database ready; migrations applied now: {applied or 'none'}")
             admin = asyncio.run(ensure_first_admin(settings))
+            use_dev_pki(data_dir)
         children = [Child(service, spawn(service)) for service in SERVICES]
         not_ready = wait_ready(SERVICES)
         if not_ready:

@@ -422,13 +422,16 @@ class Auditor:
         accepted: bool,
         reason: str = "",
         unavailable: bool = False,
+        identity: str | None = None,
     ) -> None:
         """An association request: accepted (User Authentication, Login, outcome 0); refused by
         policy (Security Alert, Node Authentication, outcome 4); refused because admission could
-        not be asked (User Authentication, outcome 8)."""
+        not be asked (User Authentication, outcome 8). ``identity``: the DICOM User Identity
+        verified for an accepted association (PS3.7 D.3.3.7), a participant of its own."""
         peer = ae(calling_ae, address, requestor=True, role=SOURCE)
         us = ae(called_ae, requestor=False, role=DESTINATION)
         if accepted or unavailable:
+            people = [user(identity, address)] if identity else []
             self.emit(
                 UserAuthenticationAudited(
                     event_types=[LOGIN],
@@ -436,7 +439,7 @@ class Auditor:
                     outcome=SUCCESS if accepted else SERIOUS_FAILURE,
                     outcome_description=reason or None,
                     source=self.source,
-                    participants=[peer, us],
+                    participants=[peer, us, *people],
                 )
             )
             return

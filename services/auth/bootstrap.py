@@ -17,6 +17,7 @@ from edge.auth.passwords import Hashing
 from edge.auth.registry import PsycopgAERegistry
 from edge.auth.settings import AuthSettings
 from edge.auth.users import LockoutPolicy, PsycopgUserStore
+from edge.common.admission import Identified
 from edge.common.authn import KeySource
 from edge.common.bus import RECONNECT_INTERVAL
 from edge.common.rpc import RpcServer
@@ -70,6 +71,22 @@ class AuthService:
         )
         return decision.to_json()
 
+    async def _identify(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``auth.identify {"username", "passcode", "address"}`` -> :class:`Identified`."""
+        try:
+            answer = await handlers.identify(
+                self.users,
+                self.hashing,
+                self.token_config.lockout,
+                str(request.get("username") or ""),
+                str(request.get("passcode") or ""),
+                address=str(request["address"]) if request.get("address") else None,
+                audit=self.auditor,
+            )
+        except psycopg.OperationalError:
+            answer = Identified(False, reason="user database unavailable")
+        return answer.to_json()
+
     async def _grant(
         self, form: dict[str, list[str]], authorization: str | None, address: str | None
     ) -> tokens.Issued:
@@ -94,7 +111,9 @@ class AuthService:
             self.settings.amqp_url, timeout=10, reconnect_interval=RECONNECT_INTERVAL
         )
         # One table: which operation goes to which handler.
-        self._rpc = RpcServer(self._connection, {"auth.admit": self._admit})
+        self._rpc = RpcServer(
+            self._connection, {"auth.admit": self._admit, "auth.identify": self._identify}
+        )
         await self._rpc.start()
         await self.audit.start()
 

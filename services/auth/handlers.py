@@ -7,8 +7,12 @@ import ipaddress
 import socket
 from typing import Protocol
 
+from edge.auth.hooks import AuditSink, _audit_login
+from edge.auth.passwords import Hashing
 from edge.auth.registry import RemoteAE
-from edge.common.admission import Admission
+from edge.auth.tokens import authenticate
+from edge.auth.users import LockoutPolicy, UserStore
+from edge.common.admission import Admission, Identified
 
 
 class AERegistry(Protocol):
@@ -50,4 +54,31 @@ async def admit(registry: AERegistry, calling_ae: str, address: str) -> Admissio
         return Admission(False, f"calling AE {calling_ae!r} is not registered for {address}")
     if not ae.permissions:
         return Admission(False, f"calling AE {calling_ae!r} has no permissions")
-    return Admission(True, "registered", ae.permissions)
+    return Admission(
+        True,
+        "registered",
+        ae.permissions,
+        tls_required=ae.tls_required or ae.tls_client_cert,
+        tls_client_cert=ae.tls_client_cert,
+        identity=ae.user_identity,
+        identity_kinds=ae.identity_kinds,
+    )
+
+
+async def identify(
+    users: UserStore,
+    hashing: Hashing,
+    policy: LockoutPolicy,
+    username: str,
+    passcode: str,
+    *,
+    address: str | None = None,
+    audit: AuditSink | None = None,
+) -> Identified:
+    """A DICOM User Identity of type 2 (username and passcode, PS3.7 D.3.3.7): checked as a
+    login is (argon2id, lockout, audited as User Authentication, Login)."""
+    user, reason = await authenticate(users, hashing, username, passcode, policy)
+    _audit_login(audit, username, address, success=user is not None, reason=reason)
+    if user is None:
+        return Identified(False, reason=reason)
+    return Identified(True, user.username, user.role)

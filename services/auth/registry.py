@@ -9,6 +9,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 PERMISSIONS = ("echo", "store", "find", "move", "get")
+# DICOM User Identity (PS3.7 D.3.3.7) an AE must present: not supported, optional, required.
+IDENTITY_MODES = ("none", "optional", "required")
+# The kinds accepted: username + passcode (User Identity Type 2), JSON Web Token (type 5).
+IDENTITY_KINDS = ("password", "jwt")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,10 @@ class RemoteAE:
     tls_required: bool = False
     move_destination: bool = True
     description: str = ""
+    user_identity: str = "none"
+    identity_kinds: frozenset[str] = frozenset(IDENTITY_KINDS)
+    # Over TLS with a client certificate (our CA) naming this AE title (CN or SAN DNS).
+    tls_client_cert: bool = False
 
     def __post_init__(self) -> None:
         title = self.ae_title
@@ -36,6 +44,13 @@ class RemoteAE:
             raise ValueError("at least one host is required")
         if not 0 < self.port < 65536:
             raise ValueError(f"port out of range: {self.port}")
+        if self.user_identity not in IDENTITY_MODES:
+            raise ValueError(f"user identity must be one of {', '.join(IDENTITY_MODES)}")
+        unknown = set(self.identity_kinds) - set(IDENTITY_KINDS)
+        if unknown:
+            raise ValueError(f"unknown identity kind(s): {', '.join(sorted(unknown))}")
+        if self.user_identity != "none" and not self.identity_kinds:
+            raise ValueError("an AE with a user identity needs at least one identity kind")
 
 
 def _from_row(row: dict[str, Any]) -> RemoteAE:
@@ -47,6 +62,9 @@ def _from_row(row: dict[str, Any]) -> RemoteAE:
         tls_required=row["tls_required"],
         move_destination=row["move_destination"],
         description=row["description"],
+        user_identity=row["user_identity"],
+        identity_kinds=frozenset(row["identity_kinds"]),
+        tls_client_cert=row["tls_client_cert"],
     )
 
 
@@ -78,13 +96,17 @@ class PsycopgAERegistry:
             cur = await conn.execute(
                 """
                 INSERT INTO ae_registry AS r (ae_title, hosts, port, permissions, tls_required,
-                                              move_destination, description)
-                VALUES (%s, %s, %s, %s, %s, %s, %s)
+                                              move_destination, description, user_identity,
+                                              identity_kinds, tls_client_cert)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (ae_title) DO UPDATE SET
                     hosts = EXCLUDED.hosts, port = EXCLUDED.port,
                     permissions = EXCLUDED.permissions, tls_required = EXCLUDED.tls_required,
                     move_destination = EXCLUDED.move_destination,
-                    description = EXCLUDED.description, updated_at = now()
+                    description = EXCLUDED.description,
+                    user_identity = EXCLUDED.user_identity,
+                    identity_kinds = EXCLUDED.identity_kinds,
+                    tls_client_cert = EXCLUDED.tls_client_cert, updated_at = now()
                 RETURNING (xmax = 0) AS inserted
                 """,
                 (
@@ -95,6 +117,9 @@ class PsycopgAERegistry:
                     ae.tls_required,
                     ae.move_destination,
                     ae.description,
+                    ae.user_identity,
+                    sorted(ae.identity_kinds),
+                    ae.tls_client_cert,
                 ),
             )
             row = await cur.fetchone()

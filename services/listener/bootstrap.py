@@ -13,14 +13,16 @@ from typing import Any, TypeVar
 from opentelemetry import context as otel_context
 from starlette.routing import BaseRoute
 
-from edge.common.admission import Admission
+from edge.common.admission import Admission, Identified
 from edge.common.audit import Auditor
+from edge.common.authn import InvalidToken, TokenVerifier, http_jwks
 from edge.common.bus import EXCHANGE, AioPikaBus
 from edge.common.dicom import Status
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
 from edge.common.rpc import RpcClient, RpcTimeout
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
+from edge.common.tls import server_context
 from edge.common.tracing import in_context
 from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
@@ -31,6 +33,7 @@ from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
 from edge.listener.storage_scp import StoreRequest, StoreResult, store_instance
 from edge.listener.stow import stow_routes
+from edge.listener.tls_server import start_tls_server
 from edge.listener.viewer import Viewer, viewer_routes
 from edge.listener.wado import WadoDeps, wado_routes
 
@@ -55,6 +58,8 @@ class ListenerService:
         self._rpc: RpcClient | None = None
         self._cache: AdmissionCache | None = None
         self._server: Any = None
+        self._tls_server: Any = None
+        self._verifier: TokenVerifier | None = None
         self._uploads: ThreadPoolExecutor | None = None
         # Audit events (edge.common.audit): buffered from the start, published once the bus is up.
         self.auditor = Auditor(None, source="edge-listener", hash_key=settings.audit_hash_key)
@@ -77,6 +82,33 @@ class ListenerService:
         assert self._cache is not None
         future = self._on_loop(self._cache.admit(calling_ae, address))
         return future.result(self.settings.rpc_timeout + 1)
+
+    def _identify(
+        self, kind: str, primary: bytes, secondary: bytes | None, address: str
+    ) -> Identified:
+        """A DICOM User Identity: username and passcode checked by auth (``auth.identify``), a
+        JWT verified here against auth's JWKS."""
+        timeout = self.settings.rpc_timeout + 1
+        if kind == "password":
+            payload = {
+                "username": primary.decode("utf-8", "replace"),
+                "passcode": (secondary or b"").decode("utf-8", "replace"),
+                "address": address,
+            }
+            return self._on_loop(self._ask_identify(payload)).result(timeout)
+        return self._on_loop(self._verify_jwt(primary.decode("ascii", "replace"))).result(timeout)
+
+    async def _ask_identify(self, payload: dict[str, Any]) -> Identified:
+        assert self._rpc is not None
+        return Identified.from_json(await self._rpc.call("auth.identify", payload))
+
+    async def _verify_jwt(self, token: str) -> Identified:
+        assert self._verifier is not None
+        try:
+            principal = await self._verifier.verify(token.strip())
+        except InvalidToken as exc:
+            return Identified(False, reason=str(exc))
+        return Identified(True, principal.subject, principal.role)
 
     def _publish(self, event: InstanceReceived, timeout: float) -> None:
         assert self.bus is not None
@@ -136,6 +168,12 @@ class ListenerService:
         self.auditor.bus = self.bus
         await self.auditor.start()
         self._cache = AdmissionCache(self._ask_auth, s.admission_cache_ttl)
+        self._verifier = TokenVerifier(
+            http_jwks(s.auth_url.rstrip("/") + "/api/auth/jwks"),
+            issuer=s.token_issuer,
+            audience=s.token_audience,
+            cache_ttl=s.jwks_cache_ttl,
+        )
         channel = await self.bus.connection.channel()
         # A cache-invalidation feed: per replica, gone with it; the TTL covers any gap.
         queue = await channel.declare_queue(
@@ -163,42 +201,50 @@ class ListenerService:
             dimse_timeout=s.dimse_timeout,
             network_timeout=s.network_timeout,
         )
-        self._server = ae.start_server(
-            (s.dicom_host, s.dicom_port),
-            block=False,
-            evt_handlers=event_handlers(
-                self._admit,
-                s.ae_title,
-                deps,
-                FindDeps(
-                    find=self._find,
-                    ae_title=s.ae_title,
-                    timeout=s.find_timeout + 1,
-                    audit=self.auditor,
-                ),
-                move=MoveDeps(
-                    move=self._move, timeout=s.move_reply_timeout + 1, audit=self.auditor
-                ),
-                get=GetDeps(
-                    locate=self._locate,
-                    store=self.store,
-                    spool_dir=s.spool_dir,
-                    audit=self.auditor,
-                ),
+        handlers = event_handlers(
+            self._admit,
+            s.ae_title,
+            deps,
+            FindDeps(
+                find=self._find,
+                ae_title=s.ae_title,
+                timeout=s.find_timeout + 1,
                 audit=self.auditor,
             ),
+            move=MoveDeps(move=self._move, timeout=s.move_reply_timeout + 1, audit=self.auditor),
+            get=GetDeps(
+                locate=self._locate,
+                store=self.store,
+                spool_dir=s.spool_dir,
+                audit=self.auditor,
+            ),
+            audit=self.auditor,
+            identify=self._identify,
+        )
+        self._server = ae.start_server(
+            (s.dicom_host, s.dicom_port), block=False, evt_handlers=handlers
         )
         log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            # A second server on the same AE: the same handlers, over TLS (PS3.15 B.1).
+            context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
+            self._tls_server = start_tls_server(ae, (s.dicom_host, s.tls_port), context, handlers)
+            log.info("listener %s (DICOM TLS) on %s:%d", s.ae_title, s.dicom_host, s.tls_port)
+        else:
+            log.info("DICOM TLS off: EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE not set")
 
     async def stop(self, grace: float = 25.0) -> None:
         """Stop accepting associations, let the running ones finish, then close connections."""
-        if self._server is not None:
-            server = self._server
+        servers = [server for server in (self._server, self._tls_server) if server is not None]
+        for server in servers:
             await asyncio.to_thread(server.shutdown)
-            deadline = time.monotonic() + grace
-            # Associations are threads, not tasks: there is no event to await, so poll.
-            while server.active_associations and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        deadline = time.monotonic() + grace
+        # Associations are threads, not tasks: there is no event to await, so poll.
+        while (  # noqa: ASYNC110
+            any(server.active_associations for server in servers) and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.1)
+        for server in servers:
             for assoc in server.active_associations:
                 assoc.abort()
         if self._uploads is not None:

@@ -1,5 +1,5 @@
-"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE, C-ECHO, C-STORE, C-FIND,
-C-MOVE and C-GET handlers (``find_scp.py``, ``move_scp.py``, ``get_scp.py``).
+"""The pynetdicom adapter: AE, contexts, admission at A-ASSOCIATE (``acceptance.py``), C-ECHO,
+C-STORE, C-FIND, C-MOVE and C-GET handlers (``find_scp.py``, ``move_scp.py``, ``get_scp.py``).
 
 pynetdicom runs each association in a thread of its own; the handlers here block that thread
 (S3 upload, confirmed publish), which is what lets several associations proceed at once.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,27 +22,22 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter, Histogram
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
-from pynetdicom.acse import ACSE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from edge.common.admission import Admission
 from edge.common.audit import Auditor
 from edge.common.dicom import Status
-from edge.common.dimse import (
-    STORAGE_SOP_CLASSES,
-    TRANSFER_SYNTAXES,
-    prefer_requested_order,
-    set_nodelay,
-)
+from edge.common.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from edge.common.store import ObjectStore
 from edge.common.tracing import record_failure, safe_attributes
+from edge.listener.acceptance import Admit, on_conn_open
 from edge.listener.auditing import association_ended, tally_of
 from edge.listener.find_scp import FIND_MODELS, FindDeps, on_c_find
 from edge.listener.get_scp import GetDeps, on_c_get
+from edge.listener.identity import Identify, on_user_identity
 from edge.listener.move_scp import MoveDeps, on_c_move
 from edge.listener.retrieve_service import GET_MODELS, MOVE_MODELS, install
-from edge.listener.spans import association_context, end_association, start_association
+from edge.listener.spans import association_context, end_association
 from edge.listener.storage_scp import Publish, StoreRequest, StoreResult, store_instance
 
 log = logging.getLogger(__name__)
@@ -64,73 +58,6 @@ C_STORE_BYTES = Histogram(
     buckets=(1e3, 1e4, 1e5, 5e5, 1e6, 1e7, 1e8, 1e9),
 )
 C_STORE_STATUS = Counter("edge_cstore_total", "C-STORE responses by status", ["status"])
-ASSOCIATIONS = Counter("edge_associations_total", "Association requests by outcome", ["outcome"])
-
-# PS3.8 9.3.4: A-ASSOCIATE-RJ (result, source, reason).
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognised
-REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE not recognised
-REJECT_TRANSIENT = (0x02, 0x03, 0x01)  # transient, service-provider (presentation), congestion
-
-Admit = Callable[[str, str], Admission]  # (calling AE, address) -> decision; blocks
-
-
-class AdmittingACSE(ACSE):
-    """ACSE that asks admission before negotiating: deny by default (PS3.8 7.1.1.3)."""
-
-    def __init__(
-        self, assoc: Any, admit: Admit, ae_title: str, audit: Auditor | None = None
-    ) -> None:
-        super().__init__(assoc)
-        self._admit = admit
-        self._ae_title = ae_title
-        self._audit = audit
-
-    def _negotiate_as_acceptor(self) -> None:
-        request = self.requestor.primitive
-        assert request is not None  # the A-ASSOCIATE-RQ that started this negotiation
-        calling = str(request.calling_ae_title).strip()
-        called = str(request.called_ae_title).strip()
-        address = str(self.assoc.requestor.address)
-        span = start_association(self.assoc, calling, called)
-
-        def audited(accepted: bool, reason: str = "", *, unavailable: bool = False) -> None:
-            if self._audit is not None:
-                self._audit.association(
-                    calling, called, address, accepted=accepted, reason=reason,
-                    unavailable=unavailable,
-                )  # fmt: skip
-
-        if called != self._ae_title:
-            audited(False, f"called AE {called!r} is not ours")
-            return self._reject(REJECT_CALLED_AE, f"called AE {called!r} is not ours")
-        try:
-            # The admission RPC (or cache hit) runs under the association's span.
-            with trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                decision = self._admit(calling, address)
-        except Exception as exc:  # auth unreachable: refuse for now, the peer may retry
-            log.error("admission check failed for %s: %s", calling, exc)
-            audited(False, "admission unavailable", unavailable=True)
-            return self._reject(REJECT_TRANSIENT, "admission unavailable")
-        if not decision.allowed:
-            audited(False, decision.reason)
-            return self._reject(REJECT_CALLING_AE, decision.reason)
-        audited(True)
-        self.assoc.edge_permissions = decision.permissions  # type: ignore[attr-defined]
-        ASSOCIATIONS.labels("accepted").inc()
-        prefer_requested_order(
-            request.presentation_context_definition_list, self.acceptor.supported_contexts
-        )
-        super()._negotiate_as_acceptor()
-
-    def _reject(self, rsd: tuple[int, int, int], reason: str) -> None:
-        log.warning("association rejected: %s", reason)
-        ASSOCIATIONS.labels("rejected").inc()
-        end_association(self.assoc, "rejected")
-        self.send_reject(*rsd)
-        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-        self.assoc.kill()
 
 
 @dataclass
@@ -141,15 +68,6 @@ class StoreDeps:
     deadline: float
     uploads: Executor | None = None
     audit: Auditor | None = None
-
-
-def on_conn_open(
-    event: evt.Event, admit: Admit, ae_title: str, audit: Auditor | None = None
-) -> None:
-    """EVT_CONN_OPEN: Nagle off, and admission wired into this association's ACSE."""
-    set_nodelay(event)
-    if event.assoc.is_acceptor:
-        event.assoc.acse = AdmittingACSE(event.assoc, admit, ae_title, audit)
 
 
 def on_released(event: evt.Event, audit: Auditor | None = None) -> None:
@@ -276,9 +194,14 @@ def event_handlers(
     move: MoveDeps | None = None,
     get: GetDeps | None = None,
     audit: Auditor | None = None,
+    identify: Identify | None = None,
 ) -> list[Any]:
-    """The listener's DIMSE handlers in one list, pynetdicom's idiom."""
+    """The listener's DIMSE handlers in one list, pynetdicom's idiom. Without ``identify``
+    no identity can be verified: an AE whose registration accepts one gets no association
+    when it presents one."""
     retrieve: list[Any] = []
+    if identify is not None:
+        retrieve.append((evt.EVT_USER_ID, on_user_identity, [identify]))
     if move is not None:
         retrieve.append((evt.EVT_C_MOVE, on_c_move, [move]))
     if get is not None:

@@ -11,6 +11,13 @@ class ListenerSettings(CommonSettings):
     ae_title: str = "EDGE"
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
+    # DICOM TLS (PS3.15 B.1, TLS 1.2+) on a port of its own, open when a certificate and key are
+    # set (`make run` makes development ones). With a CA file, a client certificate is asked for
+    # and must chain to it when sent; the registry says which AEs must send one naming them.
+    tls_port: int = 2762
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     max_associations: int = 32

@@ -34,6 +34,7 @@ from edge.common.suboperations import (
     Progress,
     refusal,
 )
+from edge.common.tls import client_context
 from edge.query.matching import QueryError
 from edge.retrieval.locate import LocateRequest, locate, retrieve_conditions
 from edge.retrieval.settings import RetrievalSettings
@@ -78,7 +79,9 @@ def destination_of(ae: RemoteAE | None) -> Destination | None:
     if ae is None or not ae.move_destination:
         return None
     host = move_host(ae.hosts)
-    return None if host is None else Destination(ae.ae_title, host, ae.port)
+    if host is None:
+        return None
+    return Destination(ae.ae_title, host, ae.port, tls=ae.tls_required or ae.tls_client_cert)
 
 
 class MoveHandler:
@@ -93,6 +96,12 @@ class MoveHandler:
         self.get_ae = get_ae
         self.store = store
         self.settings = settings
+        # DICOM TLS towards destinations that require it (PS3.15 B.1); None: not configured.
+        self.tls_context = (
+            client_context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+            if settings.tls_ca_file is not None or settings.tls_cert_file is not None
+            else None
+        )
 
     async def __call__(
         self, payload: dict[str, Any], cancelled: asyncio.Event
@@ -217,4 +226,5 @@ class MoveHandler:
             originator=originator,
             report=lambda result: loop.call_soon_threadsafe(results.put_nowait, result),
             cancelled=stop,
+            tls_context=self.tls_context,
         )

@@ -30,5 +30,10 @@ class RetrievalSettings(CommonSettings):
     move_associations: int = 2
     # Largest PDU we accept on the destination association (the destination picks its own).
     move_max_pdu_size: int = 1 << 20
+    # DICOM TLS towards a destination registered with TLS required: its certificate is verified
+    # against this CA (the system's without one), and ours presented when set.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # Where objects are spooled from S3 before they are sent (None: the system default).
     spool_dir: Path | None = None

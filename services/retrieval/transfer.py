@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # the registry says this AE requires DICOM TLS
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,10 @@ class Transfer:
         originator: tuple[str, int] | None,
         report: Callable[[SubResult], None],
         cancelled: threading.Event,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.destination = destination
+        self.tls_context = tls_context
         self.store = store
         self.report = report
         self.cancelled = cancelled
@@ -110,12 +114,19 @@ class Transfer:
 
     def _associate(self) -> Any | None:
         d = self.destination
+        tls_args = None
+        if d.tls:
+            if self.tls_context is None:
+                log.warning("C-MOVE destination %s requires TLS; none configured", d.ae_title)
+                return None
+            tls_args = (self.tls_context, d.host)  # the host name the certificate must match
         assoc = self._ae.associate(
             d.host,
             d.port,
             contexts=self._contexts,
             ae_title=d.ae_title,
             evt_handlers=[NODELAY_HANDLER],
+            tls_args=tls_args,
         )
         if assoc.is_established:
             self.ever_associated = True
