@@ -182,7 +182,7 @@ def test_jwt_identity_valid_expired_and_forged(client: Client) -> None:
     header = jwt.get_unverified_header(token)
     forged = jwt.encode(
         {**claims, "role": "admin"},
-        "not-the-key",
+        "a secret that is not auth's signing key",
         algorithm="HS256",
         headers={"kid": header["kid"]},
     )
