@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from aio_pika.abc import AbstractConnection
@@ -84,6 +84,19 @@ def broker_check(connection: Callable[[], AbstractConnection | None]) -> Check:
             raise ConnectionError("broker connection closed")
 
     return broker
+
+
+def pool_check(pool: Callable[[], Any]) -> Check:
+    """Readiness of a psycopg connection pool (None: not started): a connection answers."""
+
+    async def database() -> None:
+        current = pool()
+        if current is None:
+            raise ConnectionError("no pool")
+        async with current.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+
+    return database
 
 
 def store_check(store: Callable[[], ObjectStore | None]) -> Check:

@@ -19,7 +19,6 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_GET
 
 from edge.common.audit import Auditor
-from edge.common.dicom import Status
 from edge.common.outbound import Instance, Outcome, send_instance
 from edge.common.store import ObjectStore
 from edge.common.suboperations import (
@@ -28,7 +27,12 @@ from edge.common.suboperations import (
     Progress,
 )
 from edge.listener.auditing import STUDY_INSTANCE_UID, peer, retrieved, values
-from edge.listener.retrieve_service import GET_MODELS, RetrieveResponse, traced
+from edge.listener.retrieve_service import (
+    GET_MODELS,
+    RetrieveResponse,
+    retrieve_request,
+    traced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,28 +96,12 @@ def get_responses(
 ) -> Iterator[RetrieveResponse]:
     """The responses to one C-GET: a pending after each sub-operation, then the final one.
     ``sent`` counts the instances sent by SOP class (for the audit trail)."""
-    permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
-    calling = str(event.assoc.requestor.ae_title).strip()
-    if "get" not in permissions:
-        yield RetrieveResponse(Status.NOT_AUTHORIZED, comment=f"{calling} may not get")
+    request = retrieve_request(event, "get", GET_MODELS)
+    if isinstance(request, RetrieveResponse):
+        yield request
         return
+    payload: dict[str, Any] = {**request, "limit": PAGE}
     command = cast(C_GET, event.request)
-    model = GET_MODELS.get(str(command.AffectedSOPClassUID or ""))
-    if model is None:
-        yield RetrieveResponse(0xA900, comment="information model not supported")
-        return
-    try:
-        identifier = event.identifier
-        payload: dict[str, Any] = {
-            "model": model,
-            "level": str(identifier.get("QueryRetrieveLevel", "") or "").strip(),
-            "identifier": identifier.to_json_dict(),
-            "limit": PAGE,
-        }
-    except Exception as exc:
-        log.warning("C-GET from %s: identifier cannot be decoded (%s)", calling, type(exc).__name__)
-        yield RetrieveResponse(0xC000, comment="identifier cannot be decoded")
-        return
     found = matches(payload, deps.locate)
     if isinstance(found, RetrieveResponse):
         yield found

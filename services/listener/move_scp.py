@@ -21,11 +21,15 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_MOVE
 
 from edge.common.audit import DESTINATION, Auditor, ae
-from edge.common.dicom import Status
 from edge.common.rpc import RpcClient, RpcStream
 from edge.common.suboperations import PENDING, UNABLE_TO_PERFORM
 from edge.listener.auditing import peer, retrieved
-from edge.listener.retrieve_service import MOVE_MODELS, RetrieveResponse, traced
+from edge.listener.retrieve_service import (
+    MOVE_MODELS,
+    RetrieveResponse,
+    retrieve_request,
+    traced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,32 +128,18 @@ def _unavailable(last: dict[str, Any] | None, comment: str) -> RetrieveResponse:
 
 def move_responses(event: evt.Event, deps: MoveDeps) -> Iterator[RetrieveResponse]:
     """The responses to one C-MOVE: pendings, then one final response."""
-    permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
-    calling = str(event.assoc.requestor.ae_title).strip()
-    if "move" not in permissions:
-        yield RetrieveResponse(Status.NOT_AUTHORIZED, comment=f"{calling} may not move")
+    request = retrieve_request(event, "move", MOVE_MODELS)
+    if isinstance(request, RetrieveResponse):
+        yield request
         return
     command = cast(C_MOVE, event.request)
-    model = MOVE_MODELS.get(str(command.AffectedSOPClassUID or ""))
-    if model is None:
-        yield RetrieveResponse(0xA900, comment="information model not supported")
-        return
-    try:
-        identifier = event.identifier
-        payload: dict[str, Any] = {
-            "model": model,
-            "level": str(identifier.get("QueryRetrieveLevel", "") or "").strip(),
-            "identifier": identifier.to_json_dict(),
-            "destination": event.move_destination or "",
-            "originator": calling,
-            "message_id": int(command.MessageID or 0),
-        }
-    except Exception as exc:
-        log.warning(
-            "C-MOVE from %s: identifier cannot be decoded (%s)", calling, type(exc).__name__
-        )
-        yield RetrieveResponse(0xC000, comment="identifier cannot be decoded")
-        return
+    calling = str(event.assoc.requestor.ae_title).strip()
+    payload: dict[str, Any] = {
+        **request,
+        "destination": event.move_destination or "",
+        "originator": calling,
+        "message_id": int(command.MessageID or 0),
+    }
     stream = deps.move(payload)
     last: dict[str, Any] | None = None
     cancelled = False

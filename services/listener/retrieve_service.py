@@ -34,6 +34,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from edge.common.dicom import Status
 from edge.common.direct import DirectSender
 from edge.common.suboperations import CANCELLED, PENDING, SUCCESS, UNABLE_TO_PROCESS, WARNING
 from edge.common.tracing import record_failure, safe_attributes
@@ -127,6 +128,36 @@ def traced(
         span.end()
         seconds.labels(final).observe(time.monotonic() - started)
         on_end(last)
+
+
+def retrieve_request(
+    event: evt.Event, permission: str, models: dict[str, str]
+) -> dict[str, Any] | RetrieveResponse:
+    """The checks C-MOVE and C-GET share: the requester's ``permission``, the information model
+    of the SOP class, a decodable identifier. The request payload (model, level, identifier as
+    DICOM JSON), or the response that refuses it."""
+    permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
+    calling = str(event.assoc.requestor.ae_title).strip()
+    if permission not in permissions:
+        return RetrieveResponse(Status.NOT_AUTHORIZED, comment=f"{calling} may not {permission}")
+    model = models.get(str(event.request.AffectedSOPClassUID or ""))
+    if model is None:
+        return RetrieveResponse(0xA900, comment="information model not supported")
+    try:
+        identifier = event.identifier
+        return {
+            "model": model,
+            "level": str(identifier.get("QueryRetrieveLevel", "") or "").strip(),
+            "identifier": identifier.to_json_dict(),
+        }
+    except Exception as exc:
+        log.warning(
+            "C-%s from %s: identifier cannot be decoded (%s)",
+            permission.upper(),
+            calling,
+            type(exc).__name__,
+        )
+        return RetrieveResponse(0xC000, comment="identifier cannot be decoded")
 
 
 def _is_failure(status: int) -> bool:

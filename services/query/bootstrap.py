@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 from edge.common.bus import RECONNECT_INTERVAL
 from edge.common.catalog.pool import open_read_pool
 from edge.common.rpc import RpcServer
-from edge.common.runtime import Check, broker_check
+from edge.common.runtime import Check, broker_check, pool_check
 from edge.query.service import QueryHandler
 from edge.query.settings import QuerySettings
 
@@ -57,13 +57,10 @@ class QueryService:
             await self.pool.close()
 
     def readiness_checks(self) -> dict[str, Check]:
-        async def database() -> None:
-            if self.pool is None:
-                raise ConnectionError("no pool")
-            async with self.pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
-
-        return {"database": database, "broker": broker_check(lambda: self._connection)}
+        return {
+            "database": pool_check(lambda: self.pool),
+            "broker": broker_check(lambda: self._connection),
+        }
 
     def routes(self) -> list[BaseRoute]:
         return []

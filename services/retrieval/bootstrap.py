@@ -13,7 +13,7 @@ from edge.auth.registry import PsycopgAERegistry
 from edge.common.bus import RECONNECT_INTERVAL
 from edge.common.catalog.pool import open_read_pool
 from edge.common.rpc import RpcServer
-from edge.common.runtime import Check, broker_check, store_check
+from edge.common.runtime import Check, broker_check, pool_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
 from edge.retrieval.move import MoveHandler
 from edge.retrieval.service import LocateHandler
@@ -68,14 +68,8 @@ class RetrievalService:
             await self.pool.close()
 
     def readiness_checks(self) -> dict[str, Check]:
-        async def database() -> None:
-            if self.pool is None:
-                raise ConnectionError("no pool")
-            async with self.pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
-
         return {
-            "database": database,
+            "database": pool_check(lambda: self.pool),
             "broker": broker_check(lambda: self._connection),
             "s3": store_check(lambda: self.store),
         }
