@@ -72,21 +72,22 @@ class StoreDeps:
 
 def on_released(event: evt.Event, audit: Auditor | None = None) -> None:
     """EVT_RELEASED: the association's span ends (A-RELEASE, PS3.8 7.2); its stores are
-    audited."""
-    association_ended(event.assoc, audit)
+    audited. The span ends first: the connection's close, on another thread, ends it too, and
+    whichever comes first names the outcome."""
     end_association(event.assoc, "released")
+    association_ended(event.assoc, audit)
 
 
 def on_aborted(event: evt.Event, audit: Auditor | None = None) -> None:
     """EVT_ABORTED: the association's span ends as failed (A-ABORT / A-P-ABORT, PS3.8 7.3-7.4)."""
-    association_ended(event.assoc, audit)
     end_association(event.assoc, "aborted", failed=True)
+    association_ended(event.assoc, audit)
 
 
 def on_conn_close(event: evt.Event, audit: Auditor | None = None) -> None:
     """EVT_CONN_CLOSE: the connection went without release or abort: end the span anyway."""
-    association_ended(event.assoc, audit)
     end_association(event.assoc, "closed")
+    association_ended(event.assoc, audit)
 
 
 def on_c_echo(event: evt.Event) -> int:
