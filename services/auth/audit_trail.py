@@ -78,6 +78,7 @@ class AuditTrail:
         if self._consumer is not None:
             await self._consumer.stop()
         await self.auditor.stop()
+        await self.trail.close()
         if self.bus is not None:
             await self.bus.close()
 

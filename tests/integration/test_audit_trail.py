@@ -47,7 +47,9 @@ def events() -> list[AuditEvent]:
 async def trail(database_url: str) -> AsyncIterator[PsycopgAuditLog]:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute("TRUNCATE audit_log")  # as the owner: each test starts a new chain
-    yield PsycopgAuditLog(writer_url(database_url))
+    log = PsycopgAuditLog(writer_url(database_url))
+    yield log
+    await log.close()
 
 
 async def owner(database_url: str, sql: str, *params: object) -> list[tuple]:
@@ -68,6 +70,30 @@ async def test_rows_chain_by_hash_and_a_redelivered_event_is_not_added_twice(
     assert rows[0][1] == GENESIS
     assert all(rows[n][1] == rows[n - 1][2] for n in range(1, 4))
     assert await trail.verify() == (4, None)
+
+
+async def test_appends_share_one_connection_and_a_lost_one_is_replaced(
+    trail: PsycopgAuditLog, database_url: str
+) -> None:
+    writers = (
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'edge_audit_writer'"
+        " AND datname = current_database()"
+    )
+    first, second, third, fourth = events()
+    assert [await trail.append(e) for e in (first, second)] == [1, 2]
+    pids = await owner(database_url, writers)
+    assert len(pids) == 1  # the second append did not open a connection of its own
+
+    await owner(database_url, "SELECT pg_terminate_backend(%s)", pids[0][0])
+    with pytest.raises(psycopg.OperationalError):  # the consumer's TransientError: redelivered
+        await trail.append(third)
+    assert [await trail.append(e) for e in (third, fourth)] == [3, 4]
+    assert len(await owner(database_url, writers)) == 1
+    # The database computes each hash: it must be chain_hash's over UTF-8, beyond ASCII too.
+    recorder = Auditor(None, source="edge-test", hash_key=KEY)
+    recorder.login("zoë.山田", success=True)
+    assert await trail.append(recorder.pending[0]) == 5
+    assert await trail.verify() == (5, None)
 
 
 async def test_writer_role_can_neither_update_nor_delete_nor_truncate(
