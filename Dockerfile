@@ -28,9 +28,10 @@ RUN groupadd --system --gid 10001 edge \
 COPY --from=build /opt/edge /opt/edge
 USER 10001:10001
 WORKDIR /tmp
-# listener: DICOM 11112 + HTTP 8080; ingestion 8081; storage 8082; auth 8083 (HTTP: /healthz,
-# /readyz, /metrics). The root filesystem may be read-only: only /tmp needs to be writable.
-EXPOSE 11112 8080 8081 8082 8083
+# listener: DICOM 11112, DICOM TLS 2762 + HTTP 8080; ingestion 8081; storage 8082; auth 8083
+# (HTTP: /healthz, /readyz, /metrics). The root filesystem may be read-only: only /tmp needs to
+# be writable.
+EXPOSE 11112 2762 8080 8081 8082 8083
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["edge"]
 CMD ["--help"]

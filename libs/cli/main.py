@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,8 @@ from rich.table import Column, Table
 
 from edge.auth.registry import IDENTITY_KINDS, PsycopgAERegistry, RemoteAE
 from edge.cli import audit as auditing
+from edge.cli import dicomtls, supervisor
 from edge.cli import send as sending
-from edge.cli import supervisor
 from edge.cli import users as accounts
 
 app = typer.Typer(no_args_is_help=True, help="DICOM Edge: the medical-image edge server.")
@@ -29,6 +30,13 @@ app.add_typer(accounts.user_app, name="user")
 console = Console()
 
 SERVICES = supervisor.SERVICES
+PortOption = Annotated[
+    int | None,
+    typer.Option(
+        help=f"the node's port [{dicomtls.PLAIN_PORT}; with --tls {dicomtls.TLS_PORT}]",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -257,10 +265,17 @@ def send(
     paths: Annotated[list[Path], typer.Argument(help="files or folders (recursed)")],
     ae: Annotated[str, typer.Option(help="called AE title")] = "EDGE",
     host: str = "127.0.0.1",
-    port: int = 11112,
+    port: PortOption = None,
     calling: Annotated[str, typer.Option(help="our (calling) AE title")] = "EDGESCU",
+    tls: dicomtls.TlsOption = False,
+    ca: dicomtls.CaOption = None,
+    cert: dicomtls.CertOption = None,
+    key: dicomtls.KeyOption = None,
+    server_name: dicomtls.ServerNameOption = None,
 ) -> None:
     """Send DICOM files by C-STORE; exit non-zero if any was not stored."""
+    port = dicomtls.port_for(port, tls)
+    tls_args = _tls_args(tls, host, ca, cert, key, server_name)
     files, skipped = sending.discover(paths)
     for path, reason in skipped:
         console.print(f"[yellow]skipped {path}: {reason}[/]")
@@ -281,7 +296,13 @@ def send(
 
         for batch in sending.batches(files):
             sending.send_batch(
-                batch, called_ae=ae, host=host, port=port, calling_ae=calling, on_result=on_result
+                batch,
+                called_ae=ae,
+                host=host,
+                port=port,
+                calling_ae=calling,
+                on_result=on_result,
+                tls_args=tls_args,
             )
     table = Table("status", "instances")
     for label, count in sending.summarize(statuses):
@@ -297,23 +318,35 @@ def send(
 def echo(
     ae: Annotated[str, typer.Option(help="called AE title")] = "EDGE",
     host: str = "127.0.0.1",
-    port: int = 11112,
+    port: PortOption = None,
     calling: Annotated[str, typer.Option(help="our (calling) AE title")] = "EDGESCU",
+    tls: dicomtls.TlsOption = False,
+    ca: dicomtls.CaOption = None,
+    cert: dicomtls.CertOption = None,
+    key: dicomtls.KeyOption = None,
+    server_name: dicomtls.ServerNameOption = None,
 ) -> None:
-    """Verify a DICOM node with C-ECHO (PS3.4 Annex A)."""
+    """Verify a DICOM node with C-ECHO (PS3.4 Annex A), over DICOM TLS with --tls."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     from edge.common.dimse import NODELAY_HANDLER
 
+    port = dicomtls.port_for(port, tls)
+    tls_args = _tls_args(tls, host, ca, cert, key, server_name)
+    node = f"{ae}@{host}:{port}{' (TLS)' if tls else ''}"
     client = AE(ae_title=calling)
     client.acse_timeout = client.dimse_timeout = client.network_timeout = 10
     client.add_requested_context(Verification)
-    assoc = client.associate(host, port, ae_title=ae, evt_handlers=[NODELAY_HANDLER])
-    if not assoc.is_established:
-        console.print(
-            f"[red]{'rejected' if assoc.is_rejected else 'no association'} by {ae}@{host}:{port}[/]"
+    with dicomtls.connection_failures() as reasons:
+        assoc = client.associate(
+            host, port, ae_title=ae, evt_handlers=[NODELAY_HANDLER], tls_args=tls_args
         )
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            console.print(f"[red]rejected by {node}[/]")
+        else:
+            console.print(f"[red]no association with {node}{dicomtls.failure(reasons)}[/]")
         raise typer.Exit(1)
     status = assoc.send_c_echo()
     assoc.release()
@@ -321,7 +354,28 @@ def echo(
     if code != 0:
         console.print(f"[red]C-ECHO failed: {code}[/]")
         raise typer.Exit(1)
-    console.print(f"C-ECHO to {ae}@{host}:{port}: success")
+    console.print(f"C-ECHO to {node}: success")
+
+
+def _tls_args(
+    tls: bool,
+    host: str,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    server_name: str | None,
+) -> tuple[ssl.SSLContext, str] | None:
+    """The client context of --tls (exit 2 with the reason when its files do not load)."""
+    if not tls:
+        if any(option is not None for option in (ca, cert, key, server_name)):
+            console.print("[red]--ca, --cert, --key and --server-name need --tls[/]")
+            raise typer.Exit(2)
+        return None
+    try:
+        return dicomtls.tls_args(host=host, ca=ca, cert=cert, key=key, server_name=server_name)
+    except dicomtls.TlsOptionError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
+from edge.cli.dicomtls import connection_failures, failure
 from edge.common.dimse import NODELAY_HANDLER
 
 # PS3.8 9.3.2.2: at most 128 presentation contexts per association.
@@ -79,17 +81,23 @@ def send_batch(
     port: int,
     calling_ae: str,
     on_result: Callable[[Outgoing, int | None, str], None],
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
 ) -> None:
-    """One association for ``batch``; ``on_result(item, status_or_None, comment)`` per file."""
+    """One association for ``batch`` (over TLS with ``tls_args``: pynetdicom's (context, server
+    host name)); ``on_result(item, status_or_None, comment)`` per file."""
     # Send the bytes as they are on disk (no decode, no re-encode): needs an exact context.
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     for sop_class, ts in sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in batch}):
         ae.requested_contexts.append(build_context(sop_class, [ts]))
-    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=[NODELAY_HANDLER])
+    with connection_failures() as reasons:
+        assoc = ae.associate(
+            host, port, ae_title=called_ae, evt_handlers=[NODELAY_HANDLER], tls_args=tls_args
+        )
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "association failed"
+        reason += "" if assoc.is_rejected else failure(reasons)
         for item in batch:
             on_result(item, None, reason)
         return

@@ -178,6 +178,7 @@ def banner(console: Console, settings: CommonSettings) -> None:
     )
     if listener.tls_cert_file is not None and listener.tls_key_file is not None:
         ca = f", CA {listener.tls_ca_file}" if listener.tls_ca_file else ""
+        ca += f", CRL {listener.tls_crl_file}" if listener.tls_crl_file else ""
         console.print(f"  DICOM TLS  port {listener.tls_port}{ca}")
     for service in SERVICES:
         console.print(f"  {service:<10} http://127.0.0.1:{http_port(service)}/readyz")

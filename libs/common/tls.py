@@ -17,30 +17,58 @@ from typing import Any
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
 
-def server_context(cert_file: Path, key_file: Path, ca_file: Path | None = None) -> ssl.SSLContext:
+def server_context(
+    cert_file: Path,
+    key_file: Path,
+    ca_file: Path | None = None,
+    crl_file: Path | None = None,
+) -> ssl.SSLContext:
     """The listener's context: our certificate; with ``ca_file``, a client certificate is asked
     for and, when one is sent, must chain to that CA (CERT_OPTIONAL: whether an AE must send one
-    is the registry's ``tls_client_cert``, checked at association time)."""
+    is the registry's ``tls_client_cert``, checked at association time). With ``crl_file``, a
+    client certificate its issuer's CRL lists as revoked fails the handshake."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MINIMUM_VERSION
     context.load_cert_chain(cert_file, key_file)
     if ca_file is not None:
         context.load_verify_locations(cafile=ca_file)
         context.verify_mode = ssl.CERT_OPTIONAL
+    if crl_file is not None:
+        if ca_file is None:
+            raise ValueError("a CRL file needs a CA file: client certificates are not verified")
+        load_crl(context, crl_file)
     return context
 
 
 def client_context(
-    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+    ca_file: Path | None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    crl_file: Path | None = None,
 ) -> ssl.SSLContext:
-    """Context of an association we open (a C-MOVE destination that requires TLS): the peer's
-    certificate is verified against ``ca_file`` (the system store without one) and its host
-    name checked; ours is presented when given."""
+    """Context of an association we open (a C-MOVE destination that requires TLS, or ``edge
+    echo --tls``): the peer's certificate is verified against ``ca_file`` (the system store
+    without one) and its host name checked; ours is presented when given. With ``crl_file``,
+    a peer certificate its issuer's CRL lists as revoked fails the handshake."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     context.minimum_version = MINIMUM_VERSION
     if cert_file is not None and key_file is not None:
         context.load_cert_chain(cert_file, key_file)
+    if crl_file is not None:
+        load_crl(context, crl_file)
     return context
+
+
+def load_crl(context: ssl.SSLContext, crl_file: Path) -> None:
+    """Check the peer's (leaf) certificate against the PEM CRLs in ``crl_file`` (RFC 5280).
+
+    OpenSSL then insists on a current CRL from the issuer of every certificate it verifies: a
+    certificate whose CA has no CRL in the file, or whose CRL is past its nextUpdate, fails the
+    handshake too (fail closed). The file is read once; a new CRL takes a restart."""
+    if "-----BEGIN X509 CRL-----" not in crl_file.read_text(errors="replace"):
+        raise ValueError(f"{crl_file}: no PEM CRL (-----BEGIN X509 CRL-----) in it")
+    context.load_verify_locations(cafile=crl_file)  # OpenSSL loads CRLs and certificates alike
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def certificate_names(peer_cert: dict[str, Any] | None) -> frozenset[str]:
@@ -91,6 +119,10 @@ class DevPki:
 
     def client_key(self, ae_title: str) -> Path:
         return self.folder / f"client-{ae_title}.key"
+
+    @property
+    def crl(self) -> Path:
+        return self.folder / "ca.crl"
 
 
 def _key() -> Any:
@@ -193,3 +225,28 @@ def ensure_dev_pki(folder: Path, clients: tuple[str, ...] = ()) -> DevPki:
         _write(key_path, _pem_key(key), private=True)
         _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return pki
+
+
+def write_dev_crl(pki: DevPki, revoked: tuple[Path, ...] = (), *, days: int = 7) -> Path:
+    """Write ``pki.crl``: a CRL signed by the development CA listing the certificates in
+    ``revoked`` (PEM files), valid for ``days``. For trying and testing revocation; a real CA
+    publishes its own CRL."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=days))
+    )
+    for path in revoked:
+        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    _write(pki.crl, crl.public_bytes(serialization.Encoding.PEM))
+    return pki.crl

@@ -227,9 +227,15 @@ class ListenerService:
         log.info("listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             # A second server on the same AE: the same handlers, over TLS (PS3.15 B.1).
-            context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file)
+            context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file, s.tls_crl_file)
             self._tls_server = start_tls_server(ae, (s.dicom_host, s.tls_port), context, handlers)
-            log.info("listener %s (DICOM TLS) on %s:%d", s.ae_title, s.dicom_host, s.tls_port)
+            log.info(
+                "listener %s (DICOM TLS%s) on %s:%d",
+                s.ae_title,
+                ", CRL checked" if s.tls_crl_file is not None else "",
+                s.dicom_host,
+                s.tls_port,
+            )
         else:
             log.info("DICOM TLS off: EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE not set")
 

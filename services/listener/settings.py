@@ -14,10 +14,12 @@ class ListenerSettings(CommonSettings):
     # DICOM TLS (PS3.15 B.1, TLS 1.2+) on a port of its own, open when a certificate and key are
     # set (`make run` makes development ones). With a CA file, a client certificate is asked for
     # and must chain to it when sent; the registry says which AEs must send one naming them.
+    # With a CRL file (PEM, read at start), a revoked client certificate fails the handshake.
     tls_port: int = 2762
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
+    tls_crl_file: Path | None = None
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     max_associations: int = 32

@@ -1,4 +1,4 @@
-"""The `edge` command against the running suite: send, echo, migrate, ae."""
+"""The `edge` command against the running suite: send, echo (plain and DICOM TLS), migrate, ae."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.generate import generate_ct_study
+from edge.common.tls import ensure_dev_pki
 from tests.e2e.conftest import Client
 
 pytestmark = pytest.mark.e2e
@@ -60,6 +61,41 @@ def test_edge_echo_succeeds_for_a_registered_ae_and_fails_otherwise(client: Clie
         "echo", "--port", str(suite.dicom_port), "--calling", "NOBODY", check=False
     )
     assert refused.returncode == 1 and "rejected" in refused.stdout
+
+
+def test_edge_echo_over_tls_verifies_the_node_and_presents_a_client_certificate(
+    client: Client,
+) -> None:
+    suite = client.suite
+    cert, key = suite.client_certificate("STORESCU")
+    result = suite.edge(
+        "echo", "--tls", "--port", str(suite.tls_port), "--calling", "STORESCU",
+        "--ca", str(suite.pki.ca), "--cert", str(cert), "--key", str(key),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(TLS): success" in result.stdout
+
+
+def test_edge_echo_and_send_refuse_a_node_their_ca_did_not_sign(
+    client: Client, tmp_path: Path
+) -> None:
+    suite = client.suite
+    other_ca = ensure_dev_pki(tmp_path / "other-ca").ca
+    [ct] = generate_ct_study(tmp_path / "ct", series=1, per_series=1, rows=16, cols=16)
+    tls = ["--tls", "--port", str(suite.tls_port), "--calling", "STORESCU", "--ca", str(other_ca)]
+
+    echo = suite.edge("echo", *tls, check=False)
+    send = suite.edge("send", str(ct), *tls, check=False)
+
+    for result in (echo, send):
+        assert result.returncode == 1, result.stdout + result.stderr
+        # the handshake's reason, as OpenSSL gives it (rich wraps long lines: unwrap)
+        assert "certificate verify failed" in " ".join(result.stdout.split()), result.stdout
+    assert "no association with EDGE@127.0.0.1" in echo.stdout
+    assert "association failed" in send.stdout
+    missing = suite.edge("echo", *tls[:-1], str(tmp_path / "nowhere.pem"), check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stdout
 
 
 def test_edge_migrate_is_idempotent(client: Client) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from edge.common.admission import Admission, Identified
 from edge.common.audit import Auditor
 from edge.common.netutil import free_ports
-from edge.common.tls import DevPki, client_context, ensure_dev_pki, server_context
+from edge.common.tls import (
+    DevPki,
+    client_context,
+    ensure_dev_pki,
+    server_context,
+    write_dev_crl,
+)
 from edge.listener.acceptance import on_conn_open
 from edge.listener.dimse import on_c_echo
 from edge.listener.identity import on_user_identity
@@ -72,9 +80,9 @@ class Node:
         ]
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    pki = ensure_dev_pki(tmp_path_factory.mktemp("tls"), ("CT1", "MR1"))
+@contextmanager
+def serving(pki: DevPki, crl_file: Path | None = None) -> Iterator[Node]:
+    """A :class:`Node` on two free ports whose TLS port trusts ``pki``'s CA (and its CRL)."""
     plain_port, tls_port = free_ports(2)
     node = Node(pki, plain_port, tls_port)
     ae = AE(ae_title="EDGE")
@@ -87,13 +95,19 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     ]
     plain = ae.start_server(("127.0.0.1", plain_port), block=False, evt_handlers=handlers)
     assert plain is not None
-    context = server_context(pki.server_cert, pki.server_key, pki.ca)
+    context = server_context(pki.server_cert, pki.server_key, pki.ca, crl_file)
     tls = start_tls_server(ae, ("127.0.0.1", tls_port), context, handlers)
     try:
         yield node
     finally:
         plain.shutdown()
         tls.shutdown()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with serving(ensure_dev_pki(tmp_path_factory.mktemp("tls"), ("CT1", "MR1"))) as node:
+        yield node
 
 
 def tls_args(node: Node, ae_title: str | None = None) -> tuple[ssl.SSLContext, str]:
@@ -204,6 +218,49 @@ def test_a_silent_connection_to_the_tls_port_holds_up_nobody(node: Node) -> None
     node.terms["OPEN"] = Admission(True, "registered", ECHO)
     with socket.create_connection(("127.0.0.1", node.tls_port), timeout=5):
         assert echo_ok(associate(node, "OPEN", tls=tls_args(node)))
+
+
+# -- certificate revocation (EDGE_TLS_CRL_FILE) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crl_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A TLS port whose CA has revoked the certificate of REVOKED (and only that one)."""
+    pki = ensure_dev_pki(tmp_path_factory.mktemp("crl"), ("CT1", "REVOKED"))
+    crl = write_dev_crl(pki, (pki.client_cert("REVOKED"),))
+    with serving(pki, crl) as node:
+        node.terms["CT1"] = Admission(True, "registered", ECHO, tls_client_cert=True)
+        node.terms["REVOKED"] = Admission(True, "registered", ECHO, tls_client_cert=True)
+        yield node
+
+
+def test_a_revoked_client_certificate_fails_the_handshake(crl_node: Node) -> None:
+    with socket.create_connection(("127.0.0.1", crl_node.tls_port), timeout=5) as raw:
+        # TLS 1.3 sends the client certificate after the client's handshake is done: the
+        # server's verdict (a certificate_revoked alert) arrives with the first read.
+        with pytest.raises(ssl.SSLError, match="(?i)certificate revoked"):
+            with tls_args(crl_node, "REVOKED")[0].wrap_socket(
+                raw, server_hostname="localhost"
+            ) as tls:
+                tls.recv(1)
+
+    assoc = associate(crl_node, "REVOKED", tls=tls_args(crl_node, "REVOKED"))
+
+    assert not assoc.is_established and not assoc.is_rejected  # no association at all
+
+
+def test_a_certificate_the_crl_does_not_list_is_accepted(crl_node: Node) -> None:
+    assert echo_ok(associate(crl_node, "CT1", tls=tls_args(crl_node, "CT1")))
+    crl_node.terms["NOCERT"] = Admission(True, "registered", ECHO, tls_required=True)
+    assert echo_ok(associate(crl_node, "NOCERT", tls=tls_args(crl_node)))  # none sent: no check
+
+
+def test_a_crl_file_without_a_crl_or_without_a_ca_is_refused_at_start(tmp_path: Path) -> None:
+    pki = ensure_dev_pki(tmp_path / "pki")
+    with pytest.raises(ValueError, match="no PEM CRL"):
+        server_context(pki.server_cert, pki.server_key, pki.ca, pki.ca)
+    with pytest.raises(ValueError, match="needs a CA file"):
+        server_context(pki.server_cert, pki.server_key, None, write_dev_crl(pki))
 
 
 def test_password_identity_is_verified_and_answered_with_a_positive_response(node: Node) -> None:

@@ -29,6 +29,10 @@ SERVICES = {
     "query": 8084,
     "retrieval": 8085,
 }
+DICOM_PORT, DICOM_TLS_PORT = 11112, 2762
+LISTENER_PORTS = {DICOM_PORT, DICOM_TLS_PORT, SERVICES["listener"]}
+# The listener's TLS files (ListenerSettings.tls_*_file); the CRL is optional.
+TLS_FILES = ("EDGE_TLS_CERT_FILE", "EDGE_TLS_KEY_FILE", "EDGE_TLS_CA_FILE")
 PLACEHOLDER = re.compile(r"change[-_]me", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL", re.IGNORECASE)
 URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", re.IGNORECASE)
@@ -181,7 +185,7 @@ def test_deployment_is_probed_limited_and_unprivileged(manifests: list[dict], se
         tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
         assert tmp and "emptyDir" in volumes[tmp[0]["name"]]
     if service == "listener":
-        assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == {11112, 8080}
+        assert {p["containerPort"] for p in pod["containers"][0]["ports"]} == LISTENER_PORTS
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
@@ -193,6 +197,43 @@ def test_service_and_pdb_select_the_pods(manifests: list[dict], service: str) ->
     assert svc["spec"]["selector"].items() <= labels.items()
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert SERVICES[service] in {p["port"] for p in svc["spec"]["ports"]}
+    # every Service port reaches a named port of the container, on the same number
+    (container,) = _of_kind(manifests, "Deployment")[name]["spec"]["template"]["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for port in svc["spec"]["ports"]:
+        assert named.get(port["targetPort"]) == port["port"], port
+    if service == "listener":
+        assert {p["port"] for p in svc["spec"]["ports"]} == LISTENER_PORTS
+
+
+def test_listener_tls_files_are_read_only_mounts_of_its_tls_secret(manifests: list[dict]) -> None:
+    pod = _of_kind(manifests, "Deployment")["edge-listener"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    (config,) = _of_kind(manifests, "ConfigMap").values()
+    assert config["data"]["EDGE_TLS_PORT"] == str(DICOM_TLS_PORT)
+    tls_env = {k: v for k, v in env.items() if k.startswith("EDGE_TLS_") and k.endswith("_FILE")}
+    assert set(TLS_FILES) <= set(tls_env)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secrets = _of_kind(manifests, "Secret")
+    for name, path in tls_env.items():
+        folder, _, key = path.rpartition("/")
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+        assert mount["readOnly"] is True, name
+        assert "subPath" not in mount  # a subPath mount never sees the Secret's updates
+        source = volumes[mount["name"]]["secret"]
+        assert source["defaultMode"] & 0o007 == 0, "TLS key readable by others"
+        secret = secrets[source["secretName"]]
+        assert key in secret.get("stringData", {}) | secret.get("data", {}), f"{name}: no {key}"
+    tls_secret = secrets[volumes[mount["name"]]["secret"]["secretName"]]
+    assert tls_secret["type"] == "kubernetes.io/tls"
+    assert env["EDGE_TLS_CERT_FILE"].endswith("/tls.crt")
+    assert env["EDGE_TLS_KEY_FILE"].endswith("/tls.key")
+    # only the listener serves DICOM TLS: no other workload holds its key
+    for dep_name, dep in _of_kind(manifests, "Deployment").items():
+        if dep_name != "edge-listener":
+            for volume in dep["spec"]["template"]["spec"].get("volumes", []):
+                assert volume.get("secret", {}).get("secretName") != tls_secret["metadata"]["name"]
 
 
 def test_listener_scales_on_cpu(manifests: list[dict]) -> None:
@@ -240,7 +281,7 @@ def test_network_policies(manifests: list[dict]) -> None:
         == "edge-listener"
     ]
     open_rules = [r for p in listener for r in p["spec"].get("ingress", []) if "from" not in r]
-    assert {port["port"] for r in open_rules for port in r["ports"]} == {11112, 8080}
+    assert {port["port"] for r in open_rules for port in r["ports"]} == LISTENER_PORTS
 
 
 def test_migration_job(manifests: list[dict]) -> None:
@@ -300,6 +341,7 @@ def test_no_literal_secret_in_any_manifest(manifests: list[dict]) -> None:
 # A healthcheck may be disabled only where it cannot or need not run, with a reason in compose.
 HEALTHCHECK_EXEMPT = {
     "migrate": "one-shot job, tracked by its exit code",
+    "dev-pki": "one-shot job, tracked by its exit code",
     "otel-collector": "image FROM scratch, nothing to probe with",
     "jaeger": "minimal image without an HTTP client",
 }
@@ -325,11 +367,36 @@ def test_compose_runs_every_service_after_migrate(compose: dict) -> None:
         assert svc["environment"]["EDGE_HTTP_PORT"] == str(port)
         assert f"{port}/readyz" in " ".join(svc["healthcheck"]["test"])
         assert any(str(p).endswith(f":{port}") for p in svc["ports"])
-    assert any(str(p).endswith(":11112") for p in services["listener"]["ports"])
+    assert {int(str(p).rpartition(":")[2]) for p in services["listener"]["ports"]} == LISTENER_PORTS
     assert {"rabbitmq", "postgres", "minio", "otel-collector", "jaeger"} <= set(services)
     assert "management" in services["rabbitmq"]["image"]
     for name, svc in services.items():
         assert "image" in svc and not svc["image"].endswith(":latest"), name
+
+
+def test_compose_listener_tls_files_come_read_only_from_the_dev_pki_job(compose: dict) -> None:
+    from edge.common.tls import DevPki
+
+    services = compose["services"]
+    listener = services["listener"]
+    env = listener["environment"]
+    assert env["EDGE_TLS_PORT"] == str(DICOM_TLS_PORT)
+    mounts = {}
+    for volume in listener["volumes"]:
+        source, target, mode = volume.split(":")
+        mounts[target] = (source, mode)
+    (job,) = [n for n, s in services.items() if s.get("entrypoint") and "ensure_dev_pki" in str(s)]
+    (job_mount,) = services[job]["volumes"]
+    job_volume, _, job_folder = job_mount.partition(":")
+    made = DevPki(Path(job_folder))
+    for name in TLS_FILES:
+        folder, _, file = env[name].rpartition("/")
+        assert mounts[folder] == (job_volume, "ro"), f"{name}: {folder} is not a read-only mount"
+        # the job makes the file the variable names, and lets the listener's user own it
+        assert Path(job_folder) / file in {made.ca, made.server_cert, made.server_key}, name
+    assert job_volume in compose["volumes"]
+    assert listener["depends_on"][job]["condition"] == "service_completed_successfully"
+    assert "ca_key" not in services[job]["command"][0]  # the CA's key stays root's
 
 
 def _env_file_values() -> dict[str, str]:
