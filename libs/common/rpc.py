@@ -29,6 +29,7 @@ from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -51,6 +52,17 @@ Payload = dict[str, Any]
 RpcHandler = Callable[[Payload], Awaitable[Payload]]
 # A streamed operation: the request and an event set when the caller cancels; yields replies.
 StreamHandler = Callable[[Payload, asyncio.Event], AsyncIterator[Payload]]
+
+
+def encode(payload: Any) -> bytes:
+    """A request or reply body as JSON, by orjson: a large query answer is megabytes of JSON,
+    and the standard library's decoding of it was half of the listener's CPU on a QIDO-RS search
+    of ~1,500 matches. What orjson refuses (keys that are not strings) is encoded as the
+    standard library would."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload).encode()
 
 
 class RpcError(Exception):
@@ -162,7 +174,7 @@ class RpcServer:
         if request.reply_to and self._channel is not None:
             await self._channel.default_exchange.publish(
                 aio_pika.Message(
-                    body=json.dumps(body).encode(),
+                    body=encode(body),
                     correlation_id=request.correlation_id,
                     content_type="application/json",
                     headers=headers,
@@ -187,7 +199,7 @@ class RpcServer:
                 sequence = 0
                 with _rpc_span(operation, SpanKind.SERVER, extract(message.headers)) as span:
                     try:
-                        async for reply in handler(json.loads(message.body), cancelled):
+                        async for reply in handler(orjson.loads(message.body), cancelled):
                             await self._reply(message, reply, {SEQUENCE_HEADER: sequence})
                             sequence += 1
                         await self._reply(message, {}, {SEQUENCE_HEADER: sequence, FINAL_HEADER: 1})
@@ -216,7 +228,7 @@ class RpcServer:
                 headers: dict[str, Any] = {}
                 with _rpc_span(operation, SpanKind.SERVER, extract(message.headers)) as span:
                     try:
-                        reply = await handler(json.loads(message.body))
+                        reply = await handler(orjson.loads(message.body))
                     except Exception as exc:
                         record_failure(span, exc)
                         log.exception("rpc %s failed", operation)
@@ -225,7 +237,7 @@ class RpcServer:
                 if message.reply_to and self._channel is not None:
                     await self._channel.default_exchange.publish(
                         aio_pika.Message(
-                            body=json.dumps(reply).encode(),
+                            body=encode(reply),
                             correlation_id=message.correlation_id,
                             content_type="application/json",
                             headers=headers,
@@ -253,7 +265,7 @@ async def _publish_request(
     await asyncio.wait_for(
         channel.default_exchange.publish(
             aio_pika.Message(
-                body=json.dumps(payload).encode(),
+                body=encode(payload),
                 correlation_id=correlation_id,
                 reply_to=REPLY_TO,
                 content_type="application/json",
@@ -348,7 +360,7 @@ class RpcClient:
             raise RpcTimeout(f"rpc {operation}: broker unavailable: {exc!r}") from exc
         finally:
             self._pending.pop(correlation_id, None)
-        reply = json.loads(message.body)
+        reply = orjson.loads(message.body)
         if (message.headers or {}).get(ERROR_HEADER):
             raise RpcError(f"rpc {operation}: {reply.get('error')}")
         return reply  # type: ignore[no-any-return]
@@ -438,7 +450,7 @@ class RpcStream:
             self.finished = True
             raise RpcError(f"rpc {op}: reply {sequence} where {self._expected} was due")
         self._expected += 1
-        body = json.loads(message.body)
+        body = orjson.loads(message.body)
         if headers.get(ERROR_HEADER):
             self.finished = True
             raise RpcError(f"rpc {op}: {body.get('error')}")

@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import Histogram
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from edge.common.audit import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, Auditor
@@ -284,9 +285,10 @@ async def _search(request: Request, search: Search, find: Find, **options: Any) 
         )
     elif reply.get("next") is not None:  # PS3.18 8.3.4.4.1 (the engine does not count them)
         headers["Warning"] = f"299 {service}: There are additional results that can be requested"
-    return JSONResponse(
-        [dict(sorted(m.items())) for m in matches], headers=headers, media_type=DICOM_JSON
-    )
+    # Attributes in tag order (orjson: the standard library's encoder took a quarter of the
+    # listener's CPU on a large answer).
+    body = orjson.dumps(matches, option=orjson.OPT_SORT_KEYS)
+    return Response(body, headers=headers, media_type=DICOM_JSON)
 
 
 # QIDO-RS searches are the Study Root model's queries (PS3.18 10.6); the audit trail names it.
