@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import Histogram
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.requests import Request
@@ -27,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from edge.common.audit import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, Auditor
 from edge.common.dicom import is_valid_uid
 from edge.common.http import problem
+from edge.common.qidojson import render
 from edge.common.rpc import RpcError, RpcTimeout
 from edge.listener.auditing import http_requester
 
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
-RETRIEVE_URL = "00081190"
-QUERY_RETRIEVE_LEVEL = "00080052"
-_UNIQUE = {"STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}
 
 # The attributes every match carries, by level (PS3.18 Tables 10.6.3-3, -4 and -5); Retrieve URL
 # is added here, from the request's base URL.
@@ -232,19 +229,6 @@ def acceptable(accept: str | None) -> bool:
     return bool(ranges & {DICOM_JSON, "application/json", "application/*", "*/*"})
 
 
-def retrieve_url(service: str, level: str, match: dict[str, Any]) -> str | None:
-    """The resource of a match in the Studies Service (PS3.18 10.4), for Retrieve URL."""
-    path = []
-    for lvl, segment in (("STUDY", "studies"), ("SERIES", "series"), ("IMAGE", "instances")):
-        values = match.get(_UNIQUE[lvl], {}).get("Value") or []
-        if not values:
-            return None
-        path.append(f"{segment}/{values[0]}")
-        if lvl == level:
-            break
-    return f"{service}/{'/'.join(path)}"
-
-
 def _failure(error: dict[str, Any]) -> Response:
     status, comment = int(error.get("status", 0)), str(error.get("comment", ""))
     if status >> 8 == 0xA7:  # out of resources: the catalog or the engine is overloaded
@@ -259,6 +243,8 @@ async def _search(request: Request, search: Search, find: Find, **options: Any) 
         payload = find_payload(search, request.query_params.multi_items(), **options)
     except BadQuery as exc:
         return problem(400, "Bad search request", str(exc))
+    service = str(request.base_url).rstrip("/") + PREFIX
+    payload["render"] = {"qido": service}
     try:
         reply = await find(payload)
     except RpcTimeout:
@@ -268,15 +254,15 @@ async def _search(request: Request, search: Search, find: Find, **options: Any) 
         return problem(500, "Search failed", "the query service failed")
     if reply.get("error"):
         return _failure(reply["error"])
-    matches: list[dict[str, Any]] = reply.get("matches") or []
-    service = str(request.base_url).rstrip("/") + PREFIX
-    if not matches:
+    # The query service renders the body when asked (edge.common.qidojson); a reply with the
+    # matches as objects is rendered here.
+    body: bytes | None = None
+    if isinstance(reply.get("body"), str):
+        body = reply["body"].encode() if reply.get("count") else None
+    elif reply.get("matches"):
+        body = render(reply["matches"], search.level, service)
+    if body is None:
         return Response(status_code=204)  # PS3.18 8.3.4.4.1: no results, an empty payload
-    for match in matches:
-        match.pop(QUERY_RETRIEVE_LEVEL, None)  # a C-FIND notion, not part of a QIDO result
-        url = retrieve_url(service, search.level, match)
-        if url is not None:
-            match[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
     headers = {}
     if reply.get("capped"):
         headers["Warning"] = (
@@ -285,9 +271,6 @@ async def _search(request: Request, search: Search, find: Find, **options: Any) 
         )
     elif reply.get("next") is not None:  # PS3.18 8.3.4.4.1 (the engine does not count them)
         headers["Warning"] = f"299 {service}: There are additional results that can be requested"
-    # Attributes in tag order (orjson: the standard library's encoder took a quarter of the
-    # listener's CPU on a large answer).
-    body = orjson.dumps(matches, option=orjson.OPT_SORT_KEYS)
     return Response(body, headers=headers, media_type=DICOM_JSON)
 
 

@@ -12,6 +12,7 @@ import psycopg
 from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 
+from edge.common.qidojson import render
 from edge.query.engine import FindRequest, find
 from edge.query.matching import UNABLE_TO_PROCESS, QueryError
 
@@ -69,8 +70,11 @@ class QueryHandler:
             log.error("query.find failed: %s", type(exc).__name__)
             return {"error": {"status": UNABLE_TO_PROCESS, "comment": "query failed"}}
         capped = page.next_after is not None and len(page.matches) >= budget
-        return {
-            "matches": page.matches,
-            "next": None if capped else page.next_after,
-            "capped": capped,
-        }
+        reply: dict[str, Any] = {"next": None if capped else page.next_after, "capped": capped}
+        service = (payload.get("render") or {}).get("qido")
+        if isinstance(service, str):  # QIDO-RS: the answer's body, rendered here
+            reply["body"] = render(page.matches, request.level.name, service).decode()
+            reply["count"] = len(page.matches)
+        else:
+            reply["matches"] = page.matches
+        return reply

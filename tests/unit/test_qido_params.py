@@ -9,6 +9,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from edge.common.qidojson import render
 from edge.common.rpc import RpcTimeout
 from edge.listener.qido import (
     INSTANCE_KEYS,
@@ -185,6 +186,22 @@ async def test_matches_are_dicom_json_with_a_retrieve_url_and_no_query_level() -
     }
     assert "00080052" not in study
     assert study["00100010"]["Value"] == [{"Alphabetic": "Müller^Jörg"}]
+
+
+async def test_a_body_rendered_by_the_query_service_is_served_as_it_came() -> None:
+    rendered = render([dict(MATCH)], "STUDY", "http://edge:8080/dicom-web")
+    response = await get(
+        {"body": rendered.decode(), "count": 1, "next": None, "capped": False},
+        "/dicom-web/studies",
+    )
+    assert response.status_code == 200 and response.content == rendered
+    [study] = response.json()
+    assert "00080052" not in study and list(study) == sorted(study)
+    assert study["00081190"]["Value"] == [f"http://edge:8080/dicom-web/studies/{STUDY_UID}"]
+    # The listener asked for it, naming the service its Retrieve URLs are under.
+    assert response.extensions["asked"][0]["render"] == {"qido": "http://edge:8080/dicom-web"}
+    empty = await get({"body": "[]", "count": 0, "next": None}, "/dicom-web/studies")
+    assert empty.status_code == 204 and empty.content == b""
 
 
 async def test_instance_retrieve_url_names_study_series_and_instance() -> None:
