@@ -121,7 +121,11 @@ def handshake(raw: socket.socket, context: ssl.SSLContext, timeout: float) -> ss
     if first[0] != 0x16 and not first[0] & 0x80:
         _close(raw)
         raise Refused("not TLS")
-    tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+    except (OSError, ValueError) as exc:
+        _close(raw)
+        raise Refused(refusal_reason(exc)) from exc
     try:
         tls.settimeout(max(deadline - time.monotonic(), 0.001))
         tls.do_handshake()
