@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -149,6 +150,25 @@ def user(login: str, address: str | None = None, *, requestor: bool = True) -> A
         is_requestor=requestor,
         network_access_point=address or None,
         network_access_point_type=2 if address else None,
+    )
+
+
+def node(address: str, *, role: AuditCode | None = SOURCE) -> AuditParticipant:
+    """A network peer known only by its IP address (it failed the TLS handshake: no AE title was
+    ever sent), as the requesting participant; ``address`` may also be a label such as ``*``
+    (addresses not tracked one by one), which is no network access point."""
+    try:
+        ipaddress.ip_address(address)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    return AuditParticipant(
+        user_id=address,
+        kind="node",
+        is_requestor=True,
+        network_access_point=address if is_ip else None,
+        network_access_point_type=2 if is_ip else None,
+        roles=[role] if role else [],
     )
 
 
@@ -452,6 +472,36 @@ class Auditor:
                 source=self.source,
                 participants=[peer, us],
                 objects=[registry_entry(calling_ae, "refused")],
+            )
+        )
+
+    def handshake_refused(
+        self, address: str, reason: str, *, failures: int = 1, description: str = ""
+    ) -> None:
+        """A TLS handshake refused (Security Alert, Node Authentication, outcome 4): the peer by
+        its address, ``reason`` in the suite's words ("certificate revoked", "not TLS"), never a
+        certificate's subject. ``failures``: how many refusals this message stands for (repeats
+        from the address coalesced), also a detail of the node object with the reason."""
+        self.emit(
+            SecurityAlertAudited(
+                event_types=[NODE_AUTHENTICATION],
+                action="E",
+                outcome=MINOR_FAILURE,
+                outcome_description=description or reason,
+                source=self.source,
+                participants=[node(address), self.me()],
+                objects=[
+                    AuditObject(
+                        object_id=address,
+                        type_code=SYSTEM_OBJECT,
+                        role=ROLE_SECURITY_RESOURCE,
+                        id_type=NODE_ID,
+                        details=[
+                            AuditDetail(type="reason", value=reason),
+                            AuditDetail(type="failures", value=str(failures)),
+                        ],
+                    )
+                ],
             )
         )
 

@@ -189,15 +189,16 @@ class AuditCode(BaseModel):
 
 
 class AuditParticipant(BaseModel):
-    """An active participant (PS3.15 A.5.1 ``ActiveParticipant``): a remote AE, a user, or one of
-    the suite's own applications."""
+    """An active participant (PS3.15 A.5.1 ``ActiveParticipant``): a remote AE, a user, a network
+    node known only by its address, or one of the suite's own applications."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     user_id: str = Field(
-        description="`UserID`: an AE title, a user's login, or `edge-<service>` for the suite."
+        description="`UserID`: an AE title, a user's login, a node's IP address (a peer that "
+        "failed the TLS handshake, before any AE title), or `edge-<service>` for the suite."
     )
-    kind: Literal["ae", "user", "application"] = Field(
+    kind: Literal["ae", "user", "node", "application"] = Field(
         description="What `user_id` identifies (the suite's filter key; not in the XML)."
     )
     is_requestor: bool = Field(description="`UserIsRequestor`: this participant asked for it.")
@@ -327,7 +328,9 @@ class UserAuthenticationAudited(AuditEvent):
 
 class SecurityAlertAudited(AuditEvent):
     """Something the security officer must see (PS3.15 A.5.3.11 Security Alert): an association
-    refused (unknown AE, wrong address, wrong called AE: (110126, Node Authentication)), an
+    refused (unknown AE, wrong address, wrong called AE: (110126, Node Authentication)), a TLS
+    handshake refused (revoked or untrusted certificate, old TLS version, not TLS at all: (110126,
+    Node Authentication), the peer by its address, repeats coalesced), an
     operation refused for lack of permission ((110132, Use of Restricted Function)), the AE
     registry edited ((110129, Security Configuration)), users or roles changed ((110137, User
     Security Attributes Changed), (110136, Security Roles Changed))."""

@@ -28,6 +28,7 @@ from edge.listener.admission import AdmissionCache
 from edge.listener.dimse import StoreDeps, build_ae, event_handlers
 from edge.listener.find_scp import FindDeps
 from edge.listener.get_scp import GetDeps
+from edge.listener.handshakes import HandshakeRefusals
 from edge.listener.move_scp import MoveDeps, MoveStream, ThreadedStream
 from edge.listener.qido import qido_routes
 from edge.listener.settings import ListenerSettings
@@ -63,6 +64,9 @@ class ListenerService:
         self._uploads: ThreadPoolExecutor | None = None
         # Audit events (edge.common.audit): buffered from the start, published once the bus is up.
         self.auditor = Auditor(None, source="edge-listener", hash_key=settings.audit_hash_key)
+        # Refused TLS handshakes: audited with repeats from one address coalesced per window.
+        self.handshakes = HandshakeRefusals(self.auditor)
+        self._handshake_flusher: asyncio.Task[None] | None = None
         # WADO's S3 reads: enough threads for the objects one retrieval fetches ahead, and some
         # for a second retrieval at the same time.
         self._readers = ThreadPoolExecutor(
@@ -228,7 +232,12 @@ class ListenerService:
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             # A second server on the same AE: the same handlers, over TLS (PS3.15 B.1).
             context = server_context(s.tls_cert_file, s.tls_key_file, s.tls_ca_file, s.tls_crl_file)
-            self._tls_server = start_tls_server(ae, (s.dicom_host, s.tls_port), context, handlers)
+            self._tls_server = start_tls_server(
+                ae, (s.dicom_host, s.tls_port), context, handlers, on_refused=self.handshakes
+            )
+            self._handshake_flusher = asyncio.create_task(
+                self._flush_handshake_refusals(), name="TLS handshake refusals"
+            )
             log.info(
                 "listener %s (DICOM TLS%s) on %s:%d",
                 s.ae_title,
@@ -238,6 +247,12 @@ class ListenerService:
             )
         else:
             log.info("DICOM TLS off: EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE not set")
+
+    async def _flush_handshake_refusals(self) -> None:
+        """Close ended coalescing windows even when no new refusal comes to close them."""
+        while True:
+            await asyncio.sleep(min(5.0, self.handshakes.window))
+            self.handshakes.flush()
 
     async def stop(self, grace: float = 25.0) -> None:
         """Stop accepting associations, let the running ones finish, then close connections."""
@@ -258,6 +273,9 @@ class ListenerService:
         self._readers.shutdown(wait=False, cancel_futures=True)
         if self._rpc is not None:
             await self._rpc.stop()
+        if self._handshake_flusher is not None:
+            self._handshake_flusher.cancel()
+        self.handshakes.flush(everything=True)
         await self.auditor.stop()  # what the last associations recorded, before the bus goes
         if self.bus is not None:
             await self.bus.close()

@@ -98,7 +98,12 @@ class MoveHandler:
         self.settings = settings
         # DICOM TLS towards destinations that require it (PS3.15 B.1); None: not configured.
         self.tls_context = (
-            client_context(settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file)
+            client_context(
+                settings.tls_ca_file,
+                settings.tls_cert_file,
+                settings.tls_key_file,
+                settings.tls_crl_file,
+            )
             if settings.tls_ca_file is not None or settings.tls_cert_file is not None
             else None
         )

@@ -31,9 +31,12 @@ class RetrievalSettings(CommonSettings):
     # Largest PDU we accept on the destination association (the destination picks its own).
     move_max_pdu_size: int = 1 << 20
     # DICOM TLS towards a destination registered with TLS required: its certificate is verified
-    # against this CA (the system's without one), and ours presented when set.
+    # against this CA (the system's without one), and ours presented when set. With a CRL file
+    # (PEM, read at start), a destination certificate it lists as revoked fails the handshake;
+    # fail closed, as on the listener: the destination's CA must have a current CRL in it.
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    tls_crl_file: Path | None = None
     # Where objects are spooled from S3 before they are sent (None: the system default).
     spool_dir: Path | None = None

@@ -258,13 +258,15 @@ def test_pynetdicom_over_tls_and_a_certificate_for_another_ae_is_refused(client:
     assert refused(suite, "PYTLS", "client certificate does not name this AE")
 
 
-def test_plain_dicom_to_the_tls_port_fails(client: Client) -> None:
+def test_plain_dicom_to_the_tls_port_fails_and_is_audited(client: Client) -> None:
     suite = client.suite
     result = subprocess.run(
         [dcmtk("echoscu"), "-aet", "STORESCU", "-aec", "EDGE", LOCAL, str(suite.tls_port)],
         env=dcmtk_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode != 0
+    # No AE title was read: the peer is its address (Security Alert, Node Authentication).
+    assert refused(suite, LOCAL, "not TLS")
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")

@@ -2,12 +2,14 @@
 with the listener's ACSE (``acceptance.py``), the TLS server of ``tls_server.py`` and the
 EVT_USER_ID handler, admission and identity answered by fakes. What the registry and auth decide
 is unit-tested; this proves the wiring: handshakes, certificate binding, TLS versions, User
-Identity negotiation and its positive response, and the A-ASSOCIATE-RJ reasons."""
+Identity negotiation and its positive response, the A-ASSOCIATE-RJ reasons, and the audit of
+refused handshakes."""
 
 from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from edge.common.tls import (
 )
 from edge.listener.acceptance import on_conn_open
 from edge.listener.dimse import on_c_echo
+from edge.listener.handshakes import HandshakeRefusals
 from edge.listener.identity import on_user_identity
 from edge.listener.tls_server import start_tls_server
 
@@ -70,6 +73,22 @@ class Node:
             if e.name == "audit.security-alert"
         ]
 
+    def handshake_refusals(self, reason: str, timeout: float = 5.0) -> list[Any]:
+        """The audited refusals of handshakes for ``reason`` (waiting up to ``timeout`` for one:
+        the server's connection thread reports after the client has seen the failure)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [
+                e
+                for e in self.auditor.pending
+                if e.name == "audit.security-alert"
+                and e.participants[0].kind == "node"
+                and e.objects[0].details[0].value == reason
+            ]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def users(self) -> list[str]:
         return [
             p.user_id
@@ -81,12 +100,13 @@ class Node:
 
 
 @contextmanager
-def serving(pki: DevPki, crl_file: Path | None = None) -> Iterator[Node]:
-    """A :class:`Node` on two free ports whose TLS port trusts ``pki``'s CA (and its CRL)."""
+def serving(pki: DevPki, crl_file: Path | None = None, timeout: float = 10) -> Iterator[Node]:
+    """A :class:`Node` on two free ports whose TLS port trusts ``pki``'s CA (and its CRL), its
+    refused handshakes audited as the listener does (``HandshakeRefusals``)."""
     plain_port, tls_port = free_ports(2)
     node = Node(pki, plain_port, tls_port)
     ae = AE(ae_title="EDGE")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_supported_context(Verification)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, on_conn_open, [node.admit, "EDGE", node.auditor]),
@@ -96,7 +116,13 @@ def serving(pki: DevPki, crl_file: Path | None = None) -> Iterator[Node]:
     plain = ae.start_server(("127.0.0.1", plain_port), block=False, evt_handlers=handlers)
     assert plain is not None
     context = server_context(pki.server_cert, pki.server_key, pki.ca, crl_file)
-    tls = start_tls_server(ae, ("127.0.0.1", tls_port), context, handlers)
+    tls = start_tls_server(
+        ae,
+        ("127.0.0.1", tls_port),
+        context,
+        handlers,
+        on_refused=HandshakeRefusals(node.auditor),
+    )
     try:
         yield node
     finally:
@@ -151,6 +177,21 @@ def echo_ok(assoc: Any) -> bool:
             assoc.release()
 
 
+def assert_node_authentication_failure(events: list[Any], reason: str) -> None:
+    """The first of ``events`` is a Security Alert, Node Authentication, minor failure, naming
+    this host's address as the peer and ``reason`` as the outcome."""
+    assert events, f"no audited handshake refusal {reason!r}"
+    event = events[0]
+    assert [c.code for c in event.event_types] == ["110126"]
+    assert event.outcome == 4 and event.outcome_description == reason
+    peer = event.participants[0]
+    assert (peer.user_id, peer.network_access_point, peer.is_requestor) == (
+        "127.0.0.1",
+        "127.0.0.1",
+        True,
+    )
+
+
 def rejection(assoc: Any) -> tuple[int, int, int] | None:
     rj = assoc.acceptor.primitive if assoc.is_rejected else None
     return (rj.result, rj.result_source, rj.diagnostic) if rj is not None else None
@@ -197,6 +238,30 @@ def test_plain_dicom_to_the_tls_port_gets_no_association(node: Node) -> None:
 
     assert not assoc.is_established and not assoc.is_rejected
     assert echo_ok(associate(node, "OPEN", tls=tls_args(node)))  # the server is still there
+    assert_node_authentication_failure(node.handshake_refusals("not TLS"), "not TLS")
+
+
+def test_a_client_certificate_of_another_ca_fails_the_handshake_and_is_audited(
+    node: Node, tmp_path: Path
+) -> None:
+    node.terms["CT1"] = Admission(True, "registered", ECHO, tls_required=True, tls_client_cert=True)
+    stranger = ensure_dev_pki(tmp_path / "stranger", ("CT1",))
+    context = client_context(node.pki.ca, stranger.client_cert("CT1"), stranger.client_key("CT1"))
+
+    assoc = associate(node, "CT1", tls=(context, "localhost"))
+
+    assert not assoc.is_established and not assoc.is_rejected
+    reason = "certificate verify failed"
+    assert_node_authentication_failure(node.handshake_refusals(reason), reason)
+
+
+def test_a_handshake_left_unfinished_times_out_and_is_audited(tmp_path: Path) -> None:
+    with serving(ensure_dev_pki(tmp_path / "pki"), timeout=1) as node:
+        with socket.create_connection(("127.0.0.1", node.tls_port), timeout=5) as raw:
+            raw.sendall(b"\x16\x03\x01")  # the start of a TLS record, and then nothing
+            reason = "handshake timed out"
+            assert_node_authentication_failure(node.handshake_refusals(reason), reason)
+            assert raw.recv(1) == b""  # the listener closed it
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
@@ -212,6 +277,8 @@ def test_tls_1_0_and_1_1_are_refused_in_the_handshake(node: Node, version: ssl.T
         with pytest.raises(ssl.SSLError, match="(?i)protocol version|unsupported protocol"):
             with context.wrap_socket(raw, server_hostname="localhost") as tls:
                 tls.recv(1)
+    reason = "protocol version"
+    assert_node_authentication_failure(node.handshake_refusals(reason), reason)
 
 
 def test_a_silent_connection_to_the_tls_port_holds_up_nobody(node: Node) -> None:
@@ -247,6 +314,8 @@ def test_a_revoked_client_certificate_fails_the_handshake(crl_node: Node) -> Non
     assoc = associate(crl_node, "REVOKED", tls=tls_args(crl_node, "REVOKED"))
 
     assert not assoc.is_established and not assoc.is_rejected  # no association at all
+    reason = "certificate revoked"
+    assert_node_authentication_failure(crl_node.handshake_refusals(reason), reason)
 
 
 def test_a_certificate_the_crl_does_not_list_is_accepted(crl_node: Node) -> None:

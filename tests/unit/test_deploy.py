@@ -33,6 +33,9 @@ DICOM_PORT, DICOM_TLS_PORT = 11112, 2762
 LISTENER_PORTS = {DICOM_PORT, DICOM_TLS_PORT, SERVICES["listener"]}
 # The listener's TLS files (ListenerSettings.tls_*_file); the CRL is optional.
 TLS_FILES = ("EDGE_TLS_CERT_FILE", "EDGE_TLS_KEY_FILE", "EDGE_TLS_CA_FILE")
+# What each DICOM TLS workload needs mounted: the listener serves TLS; retrieval's C-MOVE
+# sub-operations connect out (RetrievalSettings.tls_*_file), its client certificate optional.
+TLS_WORKLOADS = {"listener": TLS_FILES, "retrieval": ("EDGE_TLS_CA_FILE",)}
 PLACEHOLDER = re.compile(r"change[-_]me", re.IGNORECASE)
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL", re.IGNORECASE)
 URL_WITH_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:([^/\s@]+)@", re.IGNORECASE)
@@ -206,14 +209,15 @@ def test_service_and_pdb_select_the_pods(manifests: list[dict], service: str) ->
         assert {p["port"] for p in svc["spec"]["ports"]} == LISTENER_PORTS
 
 
-def test_listener_tls_files_are_read_only_mounts_of_its_tls_secret(manifests: list[dict]) -> None:
-    pod = _of_kind(manifests, "Deployment")["edge-listener"]["spec"]["template"]["spec"]
+@pytest.mark.parametrize("service", sorted(TLS_WORKLOADS))
+def test_tls_files_are_read_only_mounts_of_the_workloads_own_tls_secret(
+    manifests: list[dict], service: str
+) -> None:
+    pod = _of_kind(manifests, "Deployment")[f"edge-{service}"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    (config,) = _of_kind(manifests, "ConfigMap").values()
-    assert config["data"]["EDGE_TLS_PORT"] == str(DICOM_TLS_PORT)
     tls_env = {k: v for k, v in env.items() if k.startswith("EDGE_TLS_") and k.endswith("_FILE")}
-    assert set(TLS_FILES) <= set(tls_env)
+    assert set(TLS_WORKLOADS[service]) <= set(tls_env)
     volumes = {v["name"]: v for v in pod["volumes"]}
     secrets = _of_kind(manifests, "Secret")
     for name, path in tls_env.items():
@@ -226,14 +230,20 @@ def test_listener_tls_files_are_read_only_mounts_of_its_tls_secret(manifests: li
         secret = secrets[source["secretName"]]
         assert key in secret.get("stringData", {}) | secret.get("data", {}), f"{name}: no {key}"
     tls_secret = secrets[volumes[mount["name"]]["secret"]["secretName"]]
-    assert tls_secret["type"] == "kubernetes.io/tls"
-    assert env["EDGE_TLS_CERT_FILE"].endswith("/tls.crt")
-    assert env["EDGE_TLS_KEY_FILE"].endswith("/tls.key")
-    # only the listener serves DICOM TLS: no other workload holds its key
+    assert tls_secret["type"] == "kubernetes.io/tls"  # cert-manager's layout
+    if "EDGE_TLS_CERT_FILE" in env:
+        assert env["EDGE_TLS_CERT_FILE"].endswith("/tls.crt")
+        assert env["EDGE_TLS_KEY_FILE"].endswith("/tls.key")
+    # a workload's TLS key is in its own pods only: no other workload mounts its Secret
     for dep_name, dep in _of_kind(manifests, "Deployment").items():
-        if dep_name != "edge-listener":
+        if dep_name != f"edge-{service}":
             for volume in dep["spec"]["template"]["spec"].get("volumes", []):
                 assert volume.get("secret", {}).get("secretName") != tls_secret["metadata"]["name"]
+
+
+def test_listener_tls_port_is_configured(manifests: list[dict]) -> None:
+    (config,) = _of_kind(manifests, "ConfigMap").values()
+    assert config["data"]["EDGE_TLS_PORT"] == str(DICOM_TLS_PORT)
 
 
 def test_listener_scales_on_cpu(manifests: list[dict]) -> None:
@@ -374,28 +384,32 @@ def test_compose_runs_every_service_after_migrate(compose: dict) -> None:
         assert "image" in svc and not svc["image"].endswith(":latest"), name
 
 
-def test_compose_listener_tls_files_come_read_only_from_the_dev_pki_job(compose: dict) -> None:
+@pytest.mark.parametrize("service", sorted(TLS_WORKLOADS))
+def test_compose_tls_files_come_read_only_from_the_dev_pki_job(compose: dict, service: str) -> None:
     from edge.common.tls import DevPki
 
     services = compose["services"]
-    listener = services["listener"]
-    env = listener["environment"]
-    assert env["EDGE_TLS_PORT"] == str(DICOM_TLS_PORT)
+    svc = services[service]
+    env = svc["environment"]
+    if service == "listener":
+        assert env["EDGE_TLS_PORT"] == str(DICOM_TLS_PORT)
     mounts = {}
-    for volume in listener["volumes"]:
+    for volume in svc["volumes"]:
         source, target, mode = volume.split(":")
         mounts[target] = (source, mode)
     (job,) = [n for n, s in services.items() if s.get("entrypoint") and "ensure_dev_pki" in str(s)]
     (job_mount,) = services[job]["volumes"]
     job_volume, _, job_folder = job_mount.partition(":")
     made = DevPki(Path(job_folder))
-    for name in TLS_FILES:
+    tls_env = {k for k in env if k.startswith("EDGE_TLS_") and k.endswith("_FILE")}
+    assert set(TLS_WORKLOADS[service]) <= tls_env
+    for name in sorted(tls_env):
         folder, _, file = env[name].rpartition("/")
         assert mounts[folder] == (job_volume, "ro"), f"{name}: {folder} is not a read-only mount"
-        # the job makes the file the variable names, and lets the listener's user own it
+        # the job makes the file the variable names, and lets the services' user own it
         assert Path(job_folder) / file in {made.ca, made.server_cert, made.server_key}, name
     assert job_volume in compose["volumes"]
-    assert listener["depends_on"][job]["condition"] == "service_completed_successfully"
+    assert svc["depends_on"][job]["condition"] == "service_completed_successfully"
     assert "ca_key" not in services[job]["command"][0]  # the CA's key stays root's
 
 
