@@ -2,7 +2,8 @@
 
 The suite runs with ``OTEL_TRACES_EXPORTER=console``, so every service writes its spans (one
 JSON object per line) to the same log file as its JSON log lines. Instances whose patient name,
-ID and birth date are sentinels are stored, refused, ingested and announced; then, with the
+ID and birth date are sentinels are stored, refused, ingested, announced, searched (QIDO-RS and
+C-FIND) and retrieved (WADO-RS, C-GET); then, with the
 suite stopped (every span flushed), the whole file is searched for the sentinels. The test also
 checks that the spans it searched are really there (a C-STORE span per instance, continued by
 ingestion's consumer in another process), so an empty file cannot pass.
@@ -168,6 +169,23 @@ def test_planted_demographics_appear_in_no_span_and_no_log_line(
     searching = urllib.request.Request(search, headers=traced_suite.auth_headers("radiologist"))
     with urllib.request.urlopen(searching, timeout=60) as answer:
         assert answer.status == 200
+
+    # Over DICOM: a C-FIND by the planted name and a C-GET of the study (DCMTK).
+    traced_suite.edge(
+        "ae", "add", "PHIQUERY", "--host", "127.0.0.1", "--port", "11120", "--allow", "find,get"
+    )
+    found = client.dcmtk(
+        "findscu", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=SENTINEL*",
+        "-k", "PatientBirthDate", "-k", "StudyInstanceUID", aet="PHIQUERY",
+    )  # fmt: skip
+    assert found.returncode == 0 and study_uid in found.stderr + found.stdout, found.stderr[-2000:]
+    (tmp_path / "got").mkdir()
+    got = client.dcmtk(
+        "getscu", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+        "-od", str(tmp_path / "got"), aet="PHIQUERY",
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert len(list((tmp_path / "got").iterdir())) == len(study) + 1
 
     log = traced_suite.log_path
     stored = wait_for_span(
