@@ -121,7 +121,7 @@ def test_native_model_carries_values_names_sequences_bulk_data_and_private_creat
     }
     root = ET.fromstring(native_model(header))
     assert root.tag == f"{{{NAMESPACE}}}NativeDicomModel"
-    tags = [a.get("tag") for a in root.findall("d:DicomAttribute", NS)]
+    tags = [str(a.get("tag")) for a in root.findall("d:DicomAttribute", NS)]
     assert tags == sorted(tags)
     name = root.find("d:DicomAttribute[@tag='00100010']", NS)
     assert name is not None and name.get("keyword") == "PatientName"
