@@ -109,13 +109,13 @@ class ReadAhead:
         self._executor = executor
         self._depth = max(0, depth)
         self._ahead: deque[tuple[Instance, Future[Spool]]] = deque()
-        self._exhausted = False
 
     def _fill(self, size: int) -> None:
-        while not self._exhausted and len(self._ahead) < size:
+        # Asked again each time: C-MOVE's associations share one queue, and what one of them
+        # read ahead but could not send goes back to it for the others.
+        while len(self._ahead) < size:
             instance = self._take()
             if instance is None:
-                self._exhausted = True
                 return
             self._ahead.append((instance, self._executor.submit(self._fetch, instance)))
 
