@@ -5,8 +5,9 @@ syntax a request's Accept header (or query parameters) allows, decided without I
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
-from pydicom.pixels import get_decoder
+from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import UID
 
 from edge.listener.multipart import parse_media_type, split_list
@@ -20,10 +21,17 @@ ANY = "*"  # transfer-syntax=*: as stored (PS3.18 8.7.3.5.2)
 # bulk data come in Explicit VR Little Endian.
 DEFAULT_SYNTAX = EXPLICIT_LE
 # What the listener can transcode to: uncompressed little endian (PS3.18 8.7.3.5.2 requires
-# these; re-compressing is not offered).
+# these), and the lossless compressed syntaxes below where an encoder is installed. Lossy
+# re-compression is never offered: a request for it is 406.
 TRANSCODE_TARGETS = frozenset({EXPLICIT_LE, IMPLICIT_LE})
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+LOSSLESS_ENCODINGS = (RLE_LOSSLESS, JPEG_LS_LOSSLESS, J2K_LOSSLESS)
 NATIVE = frozenset({IMPLICIT_LE, EXPLICIT_LE, DEFLATED_LE})
 DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
 OCTET_STREAM = "application/octet-stream"
 
 # PS3.18 Table 8.7.3-4 (single-frame and multi-frame image media types by transfer syntax).
@@ -122,13 +130,27 @@ def can_decode(stored: str) -> bool:
         return False
 
 
+@cache
+def can_encode(target: str) -> bool:
+    """Whether pixel data can be compressed here into ``target``: a lossless syntax whose
+    encoder is installed (pydicom's own RLE; JPEG 2000 through pylibjpeg-openjpeg; JPEG-LS
+    through pyjpegls, when present)."""
+    if target not in LOSSLESS_ENCODINGS:
+        return False
+    try:
+        return bool(get_encoder(UID(target)).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
 def choose_syntax(options: list[str], stored: str) -> str | None:
     """The transfer syntax to send an object stored in ``stored`` in: the first option that is
-    ``*`` or ``stored`` itself, or an uncompressed one it can be decoded to; None if none."""
+    ``*`` or ``stored`` itself, an uncompressed one it can be decoded to, or a lossless
+    compressed one it can be (decoded and) encoded to; None if none."""
     for option in options:
         if option in (ANY, stored):
             return stored
-        if option in TRANSCODE_TARGETS and can_decode(stored):
+        if (option in TRANSCODE_TARGETS or can_encode(option)) and can_decode(stored):
             return option
     return None
 
@@ -174,6 +196,33 @@ def frame_choice(header: str | None, stored: str) -> FrameChoice:
     raise NotAcceptable(
         f'frames of this instance are multipart/related; type="{stored_media}"'
         + ("" if native else f' or type="{OCTET_STREAM}" (decoded)')
+    )
+
+
+def metadata_type(header: str | None) -> str:
+    """:data:`DICOM_JSON` (the default) or :data:`DICOM_XML` (PS3.18 10.4.1.1.4: XML metadata is
+    ``multipart/related; type="application/dicom+xml"``, one part per instance)."""
+    for r in accept_ranges(header):
+        if r.type in (DICOM_JSON, "application/json", "application/*", "*/*"):
+            return DICOM_JSON
+        if r.type in ("multipart/related", "multipart/*") and MediaRange(
+            _part_type(r), {}, 1
+        ).matches(DICOM_XML):
+            return DICOM_XML
+    raise NotAcceptable(f'metadata is {DICOM_JSON} or multipart/related; type="{DICOM_XML}"')
+
+
+def rendered_parts_type(header: str | None) -> str:
+    """The media type of each part of a rendered study or series (PS3.18 10.4.1.1.7):
+    ``multipart/related; type="image/jpeg"`` (the default) or ``type="image/png"``; a bare
+    ``image/jpeg`` or ``image/png`` is taken to mean the same."""
+    for r in accept_ranges(header):
+        wanted = MediaRange(_part_type(r), {}, 1) if r.type.startswith("multipart/") else r
+        for media in RENDERED_TYPES:
+            if wanted.matches(media):
+                return media
+    raise NotAcceptable(
+        'rendered studies and series are multipart/related; type="image/jpeg" or "image/png"'
     )
 
 

@@ -34,17 +34,39 @@ def read(data: bytes) -> Dataset:
 
 
 def transcode(data: bytes, target: str) -> bytes:
-    """The Part-10 object ``data`` rewritten in ``target`` (uncompressed little endian),
-    decompressing its pixel data with pydicom's handlers when it is compressed."""
+    """The Part-10 object ``data`` rewritten in ``target``: uncompressed little endian, or a
+    lossless compressed syntax (``negotiate.can_encode``). Compressed pixel data is decoded
+    with pydicom's handlers first. The instance keeps its SOP Instance UID: the same image in
+    another encoding (pydicom 3 would mint a new one). PixelError when it cannot be done."""
     ds = read(data)
     stored = str(ds.file_meta.TransferSyntaxUID)
     if stored == target:
         return data
     if UID(stored).is_compressed and "PixelData" in ds:
-        ds.decompress()  # Explicit VR Little Endian, colour as RGB (PS3.5 8.2.1)
+        try:
+            # Explicit VR Little Endian, colour as RGB (PS3.5 8.2.1)
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:  # no plugin, corrupt bitstream
+            raise PixelError(f"the pixel data cannot be decoded: {type(exc).__name__}") from exc
+    if UID(target).is_compressed:
+        return _compressed(ds, UID(target))
     ds.file_meta.TransferSyntaxUID = UID(target)
     out = io.BytesIO()
     ds.save_as(out, implicit_vr=target == IMPLICIT_LE, little_endian=True, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _compressed(ds: Dataset, target: UID) -> bytes:
+    if "PixelData" not in ds:
+        raise PixelError(f"the instance has no pixel data to encode as {target.name}")
+    try:
+        ds.compress(target, generate_instance_uid=False)
+    except Exception as exc:  # a bit depth or layout the encoder does not take
+        raise PixelError(
+            f"the pixel data cannot be encoded as {target.name}: {type(exc).__name__}"
+        ) from exc
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
 
 

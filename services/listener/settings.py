@@ -45,8 +45,9 @@ class ListenerSettings(CommonSettings):
     # many instances).
     locate_timeout: float = 15.0
     wado_prefetch: int = 4
-    # C-MOVE: seconds to wait for each reply of the retrieval service (one per sub-operation,
-    # so above its connect + ACSE + DIMSE timeouts towards a destination), else 0xA702.
+    # C-MOVE: seconds to wait for each reply of the retrieval service (one after a sub-operation
+    # at most every 0.2 s, so above its connect + ACSE + DIMSE timeouts towards a destination),
+    # else 0xA702.
     move_reply_timeout: float = 90.0
     # The OHIF viewer at /viewer: the dist/ directory of the npm package @ohif/app (`make viewer`
     # fetches it; `make run` sets this). None or missing: /viewer answers 503 saying how.

@@ -37,18 +37,22 @@ from edge.common.store import ObjectNotFound, ObjectStore, ObjectStoreError
 from edge.common.tracing import carry_context, safe_attributes
 from edge.listener import pixels
 from edge.listener.auditing import http_requester, retrieved
+from edge.listener.dicomxml import native_model
 from edge.listener.multipart import closing, encode, new_boundary, part_head, related
 from edge.listener.negotiate import (
     DEFAULT_SYNTAX,
     DICOM,
+    DICOM_JSON,
+    DICOM_XML,
     OCTET_STREAM,
     NotAcceptable,
     choose_syntax,
     dicom_syntaxes,
     frame_choice,
+    metadata_type,
     rendered_type,
 )
-from edge.listener.qido import DICOM_JSON, PREFIX, acceptable
+from edge.listener.qido import PREFIX
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -207,7 +211,11 @@ async def _dicom_body(
 
     async def send(instance: dict[str, Any], syntax: str, task: asyncio.Task[bytes | None]):  # type: ignore[no-untyped-def]
         nonlocal first
-        data = await task
+        try:
+            data = await task
+        except pixels.PixelError as exc:  # PS3.18 8.7.3.5.2: left out; the others still go
+            log.warning("WADO-RS: %s left out: %s", instance["sop"], exc)
+            return
         yield (b"" if first else b"\r\n") + part_head(
             boundary, f"{DICOM}; transfer-syntax={syntax}"
         )
@@ -246,10 +254,18 @@ async def _dicom_body(
             task.cancel()
 
 
-async def _started(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _started(
+    body: AsyncIterator[bytes], *, empty: bytes | None = None, problem: HttpProblem | None = None
+) -> AsyncIterator[bytes]:
     """``body`` with its first piece already produced, so a failure before any byte was sent
-    (S3 down, the first object missing) is still a proper problem response."""
+    (S3 down, the first object missing) is still a proper problem response. A first piece
+    equal to ``empty`` (a multipart body without parts) raises ``problem``."""
     first = await body.__anext__()
+    if problem is not None and first == empty:
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
+        raise problem
 
     async def chained() -> AsyncIterator[bytes]:
         yield first
@@ -272,7 +288,13 @@ async def retrieve(request: Request, deps: WadoDeps) -> Response:
             406, "Not acceptable", "no instance can be sent in an accepted transfer syntax"
         )
     boundary = new_boundary()
-    body = await _started(_dicom_body(deps, located, options, boundary))
+    body = await _started(
+        _dicom_body(deps, located, options, boundary),
+        empty=closing(boundary),
+        problem=HttpProblem(
+            406, "Not acceptable", "no instance can be encoded in an accepted transfer syntax"
+        ),
+    )
     return StreamingResponse(body, media_type=related(boundary, DICOM))
 
 
@@ -319,14 +341,29 @@ def instance_metadata(instance: dict[str, Any], service: str) -> dict[str, Any]:
 
 
 async def metadata(request: Request, deps: WadoDeps) -> Response:
-    """Study, series or instance metadata (PS3.18 10.4.1.1.4), streamed page by page."""
-    if not acceptable(request.headers.get("accept")):
-        raise HttpProblem(406, "Not acceptable", f"metadata is {DICOM_JSON} only")
+    """Study, series or instance metadata (PS3.18 10.4.1.1.4), streamed page by page: a DICOM
+    JSON array, or one PS3.19 XML document per instance as multipart/related parts."""
+    try:
+        media_type = metadata_type(request.headers.get("accept"))
+    except NotAcceptable as exc:
+        raise HttpProblem(406, "Not acceptable", str(exc)) from None
     params = request.path_params
     located = await Located.open(
         deps, params["study"], params.get("series"), params.get("sop"), with_header=True
     )
     service = str(request.base_url).rstrip("/") + PREFIX
+    if media_type == DICOM_XML:
+        boundary = new_boundary()
+
+        async def parts() -> AsyncIterator[bytes]:
+            separator = b""
+            async for instance in located:
+                document = native_model(instance_metadata(instance, service))
+                yield separator + part_head(boundary, DICOM_XML) + document
+                separator = b"\r\n"
+            yield closing(boundary)
+
+        return StreamingResponse(await _started(parts()), media_type=related(boundary, DICOM_XML))
 
     async def body() -> AsyncIterator[bytes]:
         separator = b"["
@@ -346,7 +383,7 @@ async def _one(request: Request, deps: WadoDeps) -> dict[str, Any]:
 
 def _pixel_problem(exc: pixels.PixelError) -> HttpProblem:
     detail = str(exc)
-    if "decoded" in detail:
+    if "decoded" in detail or "encoded" in detail:
         return HttpProblem(406, "Not acceptable", detail)
     return HttpProblem(404, "Not found", detail)
 
@@ -521,7 +558,10 @@ async def wado_uri(request: Request, deps: WadoDeps) -> Response:
         syntax = choose_syntax([target], instance["transfer_syntax"])
         if syntax is None:
             raise HttpProblem(406, "Not acceptable", f"cannot send this instance in {target}")
-        data = await _fetch_for(deps, instance, syntax)
+        try:
+            data = await _fetch_for(deps, instance, syntax)
+        except pixels.PixelError as exc:
+            raise _pixel_problem(exc) from None
         if data is None:
             data = await fetch(deps, instance)
         WADO_BYTES.inc(len(data))
@@ -576,6 +616,7 @@ def audit_retrieval(audit: Auditor | None, request: Request, resource: str, stat
 
 def wado_routes(deps: WadoDeps, audit: Auditor | None = None) -> list[BaseRoute]:
     """The retrieve resources of the Studies Service (PS3.18 10.4.1) and WADO-URI."""
+    from edge.listener.rendered import rendered_many  # it builds on this module
 
     def route(path: str, resource: str, handler: Any, **options: Any) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -613,6 +654,8 @@ def wado_routes(deps: WadoDeps, audit: Auditor | None = None) -> list[BaseRoute]
         route(instance + "/metadata", "metadata", metadata),
         route(instance + "/frames/{frames}", "frames", frames),
         route(instance + "/bulkdata/{tag}", "bulkdata", bulkdata),
+        route(study + "/rendered", "rendered", rendered_many),
+        route(series + "/rendered", "rendered", rendered_many),
         route(instance + "/rendered", "rendered", rendered),
         route(instance + "/frames/{frames}/rendered", "rendered", rendered),
         route(study + "/thumbnail", "thumbnail", rendered, thumbnail=True),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+from xml.etree import ElementTree as ET
 
 import httpx
 import pydicom
@@ -31,6 +32,9 @@ SERIES = (generate_uid(), generate_uid())
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+NATIVE_DICOM = "{http://dicom.nema.org/PS3.19/models/NativeDICOM}"
 
 
 def multiframe(folder: Path) -> Path:
@@ -296,6 +300,42 @@ def test_rendered_and_thumbnails_decode_as_images_of_the_right_size(
     assert image(thumb.content).size == (24, 32)
     study_thumb = http.get(f"{service}/studies/{STUDY}/thumbnail", headers={"accept": "image/png"})
     assert study_thumb.status_code == 200 and image(study_thumb.content).format == "PNG"
+
+
+def test_rendered_study_xml_metadata_and_lossless_transcoding(
+    stowed: tuple[Dataset, dict[str, Dataset]],
+    web: DICOMwebClient,
+    service: str,
+    http: httpx.Client,
+) -> None:
+    datasets = stowed[1]
+    # Every frame of every instance: plain0, plain1, the three frames of multiframe, jpeg, j2k.
+    study = http.get(
+        f"{service}/studies/{STUDY}/rendered",
+        headers={"accept": 'multipart/related; type="image/png"'},
+        params={"viewport": "32,32"},
+        timeout=60,
+    )
+    rendered = list(parts(study))
+    assert [media for media, _ in rendered] == ["image/png"] * 7
+    assert all(max(image(data).size) <= 32 for _, data in rendered)
+    xml = http.get(
+        f"{service}/studies/{STUDY}/series/{SERIES[1]}/metadata",
+        headers={"accept": 'multipart/related; type="application/dicom+xml"'},
+    )
+    documents = [ET.fromstring(data) for _, data in parts(xml)]
+    assert {
+        d.findtext(f"{NATIVE_DICOM}DicomAttribute[@tag='00080018']/{NATIVE_DICOM}Value")
+        for d in documents
+    } == {sop(datasets["jpeg"]), sop(datasets["j2k"])}
+    plain0 = datasets["plain0"]
+    rle = web.retrieve_instance(
+        STUDY, SERIES[0], sop(plain0), media_types=(("application/dicom", RLE_LOSSLESS),)
+    )
+    assert rle.file_meta.TransferSyntaxUID == RLE_LOSSLESS and sop(rle) == sop(plain0)
+    assert (rle.pixel_array == plain0.pixel_array).all()
+    lossy = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_LS_NEAR_LOSSLESS}'
+    assert http.get(url_of(service, plain0), headers={"accept": lossy}).status_code == 406
 
 
 def test_wado_uri_gives_the_object_and_a_jpeg(
