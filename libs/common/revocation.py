@@ -126,6 +126,13 @@ class RevocationFeed:
         self.revocations.set_ready(False)
         self.loaded.clear()
 
+    async def check(self) -> None:
+        """Readiness (``/readyz``): the map has been loaded once. Not again after a lost
+        connection: meanwhile tokens are refused (503), but the service's other work (DICOM
+        over a cached admission) goes on, so it stays in its load balancer."""
+        if self.loads == 0:
+            raise ConnectionError("token revocations not loaded yet")
+
     async def _close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
@@ -178,11 +185,11 @@ class RevocationFeed:
             try:
                 self.revocations.merge(await load())
             except Exception as exc:  # auth not up yet, or busy: keep refusing, try again
+                # A fixed short interval: auth starting at the same time is the usual cause.
                 log.warning(
                     "token revocations not loaded (%s); retry in %.0f s", type(exc).__name__, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_retry)
                 continue
             self.loads += 1
             self.revocations.set_ready(True)

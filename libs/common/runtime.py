@@ -193,8 +193,13 @@ async def serve(
     if feed is not None:
         await feed.start()
     middleware = [Middleware(AuthMiddleware, verifier=verifier)] if verifier else []
+
+    def checks() -> dict[str, Check]:
+        own = service.readiness_checks()
+        return {**own, "token revocations": feed.check} if feed is not None else own
+
     app = Starlette(
-        routes=[*health_routes(service.readiness_checks), *service.routes()],
+        routes=[*health_routes(checks), *service.routes()],
         middleware=middleware,
     )
     server = _QuietServer(

@@ -273,6 +273,7 @@ class ListenerService:
         return {
             "broker": broker_check(lambda: self.bus.connection if self.bus else None),
             "s3": store_check(lambda: self.store),
+            "token revocations": self.revocation_feed.check,
         }
 
     def routes(self) -> list[BaseRoute]:

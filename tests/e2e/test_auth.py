@@ -323,6 +323,11 @@ def test_tokens_are_refused_within_seconds_of_a_revocation_and_new_ones_work(
     suite.edge("user", "lock", name)
     assert refused_within(suite, token).status_code == 401
     suite.edge("user", "unlock", name)
+    # A new role: the token naming the old one is refused, not just under-privileged.
+    token = fresh(second)
+    suite.edge("user", "role", name, "him")
+    assert refused_within(suite, token).status_code == 401
+    suite.edge("user", "role", name, "radiologist")
     # Locked out by failed logins (auth itself announces it).
     token = fresh(second)
     for _ in range(5):

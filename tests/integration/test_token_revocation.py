@@ -111,8 +111,11 @@ async def test_feed_hears_events_and_reloads_the_map_after_the_broker_drops_it(
     feed = RevocationFeed(amqp_url, revocations, rpc_timeout=2, retry=0.2)
     bus = await AioPikaBus.connect(amqp_url, "/edge/test")
     try:
+        with pytest.raises(ConnectionError):
+            await feed.check()  # /readyz: not ready before the first load
         await feed.start()
         await asyncio.wait_for(feed.loaded.wait(), 15)
+        await feed.check()
         early = (await users.get("f-early")).tokens_not_before  # type: ignore[union-attr]
         assert revocations.revoked("f-early", early - 1)
         queues = await asyncio.to_thread(feed_queues, amqp_url)
@@ -134,6 +137,7 @@ async def test_feed_hears_events_and_reloads_the_map_after_the_broker_drops_it(
             check=True,
         )
         await wait_for(lambda: not revocations.ready, 10)
+        await feed.check()  # still ready for /readyz: loaded once
         await users.add("f-missed", "radiologist", HASH)
         await users.revoke("f-missed")  # no event: this store announces nothing
         await wait_for(lambda: feed.loads > loads and revocations.ready, 30)
