@@ -20,21 +20,28 @@ from edge.auth.hooks import Change, _audit_admin_change
 from edge.auth.passwords import check_password_policy, hash_password
 from edge.auth.users import PsycopgUserStore, check_role, check_username
 from edge.common.authn import ROLES
+from edge.common.events import TokensRevoked
 
 user_app = typer.Typer(no_args_is_help=True, help="Users of the HTTP APIs and their roles.")
 console = Console()
 notes = Console(stderr=True)
 
 
+# Revocations the store committed in this command, announced with its audit event.
+_revoked: list[TokensRevoked] = []
+
+
 def _store() -> PsycopgUserStore:
     from edge.common.settings import CommonSettings
 
-    return PsycopgUserStore(CommonSettings().database_url)
+    return PsycopgUserStore(CommonSettings().database_url, on_revoked=_revoked.append)
 
 
 def _audit(login: str, change: Change, roles: tuple[str, ...] = ()) -> None:
-    """Publish the Security Alert of a user account change (confirmed); say so when it could
-    not be published (the change itself is made)."""
+    """Publish the Security Alert of a user account change (confirmed), then the revocation of
+    the user's tokens if the change made one (``auth.tokens_revoked``: every service refuses
+    them from then on); say so when either could not be published (the change itself is
+    made)."""
     from edge.cli.audit import actor
     from edge.common.audit import Auditor
     from edge.common.bus import AioPikaBus
@@ -44,23 +51,38 @@ def _audit(login: str, change: Change, roles: tuple[str, ...] = ()) -> None:
     recorder = Auditor(None, source="edge-cli", hash_key=settings.audit_hash_key)
     _audit_admin_change(recorder, actor(), login, change, roles=roles)
 
-    async def publish() -> str | None:
+    async def publish() -> tuple[str | None, str | None]:
         try:
             bus = await AioPikaBus.connect(settings.amqp_url, "/edge/cli")
         except Exception as exc:
-            return f"broker unreachable ({type(exc).__name__})"
+            failure = f"broker unreachable ({type(exc).__name__})"
+            return failure, failure
+        unaudited = unannounced = None
         try:
-            for event in recorder.pending:
-                await bus.publish(event)
-        except Exception as exc:
-            return type(exc).__name__
+            try:
+                for event in recorder.pending:
+                    await bus.publish(event)
+            except Exception as exc:
+                unaudited = type(exc).__name__
+            try:
+                # Not mandatory: no service running is no error (each loads the map at start).
+                for revoked in _revoked:
+                    await bus.publish(revoked, mandatory=False)
+            except Exception as exc:
+                unannounced = type(exc).__name__
         finally:
             await bus.close()
-        return None
+        return unaudited, unannounced
 
-    failure = asyncio.run(publish())
-    if failure:
-        console.print(f"[yellow]the change is NOT in the audit trail: {failure}[/]")
+    unaudited, unannounced = asyncio.run(publish())
+    if unaudited:
+        console.print(f"[yellow]the change is NOT in the audit trail: {unaudited}[/]")
+    if _revoked and unannounced:
+        console.print(
+            f"[yellow]services were NOT told of the revoked tokens ({unannounced}): they learn "
+            "it when they reconnect to the broker; the tokens expire within their lifetime[/]"
+        )
+    _revoked.clear()
 
 
 def _new_password(password: str | None) -> str:
@@ -117,6 +139,23 @@ def user_passwd(
     console.print(f"password of {name} changed")
 
 
+@user_app.command("role")
+def user_role(
+    name: str, role: Annotated[str, typer.Argument(help=f"one of {', '.join(ROLES)}")]
+) -> None:
+    """Give a user another role; the tokens issued with the old one stop working."""
+    try:
+        check_role(role)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if not asyncio.run(_store().set_role(name, role)):
+        console.print(f"[red]no user {name!r}[/]")
+        raise typer.Exit(1)
+    _audit(name, "updated", (role,))
+    console.print(f"{name} is now {role}")
+
+
 @user_app.command("list")
 def user_list() -> None:
     """List the users, their roles and lockout state."""
@@ -143,7 +182,7 @@ def _set_locked(name: str, locked: bool) -> None:
 
 @user_app.command("lock")
 def user_lock(name: str) -> None:
-    """Lock a user out until unlocked (tokens already issued run out within their lifetime)."""
+    """Lock a user out until unlocked; the tokens already issued stop working."""
     _set_locked(name, True)
 
 
@@ -151,6 +190,17 @@ def user_lock(name: str) -> None:
 def user_unlock(name: str) -> None:
     """Unlock a user, also clearing a lockout after failed logins."""
     _set_locked(name, False)
+
+
+@user_app.command("revoke")
+def user_revoke(name: str) -> None:
+    """Revoke a user's tokens issued until now, in every service within seconds (the user
+    signs in again for new ones)."""
+    if not asyncio.run(_store().revoke(name)):
+        console.print(f"[red]no user {name!r}[/]")
+        raise typer.Exit(1)
+    _audit(name, "revoked")
+    console.print(f"tokens of {name} revoked")
 
 
 @user_app.command("remove")

@@ -50,16 +50,19 @@ class Admission:
 @dataclass(frozen=True)
 class Identified:
     """``auth.identify``'s answer: whose identity was verified (``user``, ``role``), or why
-    not (``reason`` in our words: "wrong password", "locked", "unknown user")."""
+    not (``reason`` in our words: "wrong password", "locked", "unknown user"). ``unavailable``:
+    not a verdict on the identity but on us: it could not be checked (auth's database away), so
+    the requestor may try again later."""
 
     verified: bool
     user: str = ""
     role: str = ""
     reason: str = ""
+    unavailable: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {"verified": self.verified, "user": self.user, "role": self.role,
-                "reason": self.reason}  # fmt: skip
+                "reason": self.reason, "unavailable": self.unavailable}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Identified:
@@ -68,4 +71,5 @@ class Identified:
             user=str(data.get("user", "")),
             role=str(data.get("role", "")),
             reason=str(data.get("reason", "")),
+            unavailable=bool(data.get("unavailable", False)),
         )

@@ -393,7 +393,7 @@ class Auditor:
         self,
         actor: str,
         login: str,
-        change: Literal["added", "updated", "removed", "password", "locked", "unlocked"],
+        change: Literal["added", "updated", "removed", "password", "locked", "unlocked", "revoked"],
         *,
         roles: Sequence[str] = (),
         address: str | None = None,

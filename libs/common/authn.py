@@ -11,7 +11,9 @@ token, 403 when the role lacks the permission, 503 when no key for the token can
 
 Tokens are verified here, without a call to auth per request: the JWKS is fetched (over HTTP
 from ``EDGE_AUTH_URL``), cached, and fetched again when a token names a key id it lacks (auth
-rotated its key) or the cache is older than its TTL.
+rotated its key) or the cache is older than its TTL. A token issued before its user was locked,
+removed, given a new password or role, or revoked is refused like an expired one (401); the map
+of such users is kept current from auth's events (:mod:`edge.common.revocation`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.common.http import problem
+from edge.common.revocation import Revocations
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +142,8 @@ class InvalidToken(Exception):
 
 
 class AuthUnavailable(Exception):
-    """No key for the token could be had: auth (its JWKS) does not answer."""
+    """The token cannot be checked now: no key for it could be had (auth's JWKS does not
+    answer), or the map of revoked tokens is not loaded."""
 
 
 # Returns a JWKS document (RFC 7517 5): {"keys": [...]}.
@@ -174,6 +178,7 @@ class TokenVerifier:
         cache_ttl: float = 300.0,
         min_refresh: float = 1.0,
         leeway: float = 10.0,
+        revocations: Revocations | None = None,
     ) -> None:
         self._source = source
         self._issuer = issuer
@@ -181,6 +186,7 @@ class TokenVerifier:
         self._cache_ttl = cache_ttl
         self._min_refresh = min_refresh
         self._leeway = leeway
+        self.revocations = revocations
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
@@ -248,7 +254,20 @@ class TokenVerifier:
         role = claims.get("role")
         if role not in ROLES:
             raise InvalidToken("token carries no known role")
+        self._check_revocation(str(claims["sub"]), claims["iat"])
         return Principal(str(claims["sub"]), str(role), str(claims["jti"]), int(claims["exp"]))
+
+    def _check_revocation(self, subject: str, issued_at: Any) -> None:
+        if self.revocations is None:
+            return
+        if not isinstance(issued_at, int | float) or isinstance(issued_at, bool):
+            raise InvalidToken("token has no usable iat")
+        if not self.revocations.ready:
+            # Which tokens were revoked meanwhile is not known: refuse for now (503), never
+            # accept one that may be void.
+            raise AuthUnavailable("token revocations not loaded")
+        if self.revocations.revoked(subject, int(issued_at)):
+            raise InvalidToken("token revoked")
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -315,10 +334,10 @@ class AuthMiddleware:
             )
             await response(scope, receive, send)
             return
-        except AuthUnavailable:
+        except AuthUnavailable as exc:
             AUTH_REQUESTS.labels("unavailable").inc()
             response = problem(
-                503, "Authentication unavailable", "the token's signing key cannot be fetched"
+                503, "Authentication unavailable", f"tokens cannot be checked now ({exc})"
             )
             await response(scope, receive, send)
             return

@@ -27,6 +27,7 @@ from edge.common.events import (
     AuditEvent,
     CatalogEvent,
     Event,
+    TokensRevoked,
     to_headers,
 )
 from edge.common.settings import CommonSettings
@@ -346,9 +347,10 @@ def event_headers(cls: type[Event]) -> dict[str, str]:
 
 
 def is_mandatory(cls: type[Event]) -> bool:
-    # AioPikaBus.publish: catalog events go out non-mandatory (the change feed keeps them); the
-    # others are work the suite itself must do, so an event nobody takes is an error.
-    return not issubclass(cls, CatalogEvent)
+    # AioPikaBus.publish: catalog events go out non-mandatory (the change feed keeps them), and
+    # so do revocations (no verifier running is no error: each loads the map when it starts);
+    # the others are work the suite itself must do, so an event nobody takes is an error.
+    return not issubclass(cls, CatalogEvent | TokensRevoked)
 
 
 def amqp_host() -> str:

@@ -174,6 +174,27 @@ class AeChanged(Event):
     change: Literal["added", "updated", "removed"] = Field(description="What happened to it.")
 
 
+class TokensRevoked(Event):
+    """A user's access tokens issued before ``not_before`` are void: the user was locked (by an
+    admin or after repeated failed logins), removed, given a new password or role, or their
+    tokens were revoked outright. Every service's token verifier refuses such a token from
+    then on (HTTP 401, a DICOM User Identity not verified); tokens issued later are valid.
+    Published by auth and the ``edge user`` commands; services that were away load the recent
+    ones from auth (RPC ``auth.revocations``) when they start or reconnect."""
+
+    name: ClassVar[str] = "auth.tokens_revoked"
+
+    login: str = Field(description="The user (login name) whose tokens are revoked.")
+    not_before: int = Field(
+        ge=0,
+        description="Epoch seconds: a token of this user whose `iat` is earlier is refused.",
+    )
+    reason: Literal["locked", "lockout", "removed", "password", "role", "revoked"] = Field(
+        description="Why: an admin's lock, a lockout after failed logins, the user removed, a "
+        "new password, a new role, or an explicit revocation."
+    )
+
+
 # -- audit (DICOM PS3.15 A.5) ---------------------------------------------------------------
 
 
@@ -390,6 +411,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     StudyArrived,
     StudyUpdated,
     AeChanged,
+    TokensRevoked,
     *AUDIT_EVENTS,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.ce_type(): cls for cls in ALL_EVENTS}

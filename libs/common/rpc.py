@@ -30,7 +30,12 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
@@ -281,7 +286,7 @@ async def _publish_request(
 class RpcClient:
     """Calls operations; replies arrive on the direct reply-to pseudo-queue of one channel."""
 
-    def __init__(self, connection: AbstractRobustConnection, *, timeout: float = 5.0):
+    def __init__(self, connection: AbstractConnection, *, timeout: float = 5.0):
         self._connection = connection
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
@@ -294,7 +299,9 @@ class RpcClient:
         self._reopen = asyncio.Lock()
 
     async def start(self) -> RpcClient:
-        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        # A plain connection (the revocation feed's, which reconnects itself) has no callbacks.
+        if isinstance(self._connection, AbstractRobustConnection):
+            self._connection.reconnect_callbacks.add(self._on_reconnect)
         await self._open()
         return self
 
@@ -409,7 +416,8 @@ class RpcClient:
             log.warning("rpc cancel not sent: %s", type(exc).__name__)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        self._connection.reconnect_callbacks.discard(self._on_reconnect)
+        if isinstance(self._connection, AbstractRobustConnection):
+            self._connection.reconnect_callbacks.discard(self._on_reconnect)
         await _close(self._channel, timeout)
 
 

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.common.authn import AuthMiddleware, KeySource, TokenVerifier, http_jwks
+from edge.common.revocation import Loader, RevocationFeed, Revocations
 from edge.common.store import ObjectStore
 from edge.common.telemetry import configure_telemetry
 from edge.common.tracing import shutdown_tracing
@@ -120,21 +121,41 @@ class ServiceSettings(Protocol):
     token_issuer: str
     token_audience: str
     jwks_cache_ttl: float
+    amqp_url: str
+    rpc_timeout: float
 
 
-def token_verifier(settings: ServiceSettings, service: Service) -> TokenVerifier | None:
+def token_verifier(
+    settings: ServiceSettings, service: Service
+) -> tuple[TokenVerifier | None, RevocationFeed | None]:
     """How ``service`` checks bearer tokens: against auth's JWKS over HTTP, or (auth itself)
-    its own keys; None when authentication is off."""
+    its own keys, refusing revoked ones (the feed keeps that map; ``serve`` runs it); None when
+    authentication is off. A service with a verifier of its own (``token_verifier``: the
+    listener's, which also checks JWTs of DICOM User Identity and runs its feed itself) lends
+    it to its HTTP routes."""
     if not settings.auth_enabled:
-        return None
+        return None, None
+    lent: TokenVerifier | None = getattr(service, "token_verifier", None)
+    if lent is not None:
+        return lent, None
     own: Callable[[], KeySource] | None = getattr(service, "jwks_source", None)
     source = own() if own else http_jwks(settings.auth_url.rstrip("/") + "/api/auth/jwks")
-    return TokenVerifier(
+    revocations = Revocations()
+    own_revocations: Callable[[], Loader] | None = getattr(service, "revocation_source", None)
+    feed = RevocationFeed(
+        settings.amqp_url,
+        revocations,
+        load=own_revocations() if own_revocations else None,
+        rpc_timeout=settings.rpc_timeout,
+    )
+    verifier = TokenVerifier(
         source,
         issuer=settings.token_issuer,
         audience=settings.token_audience,
         cache_ttl=settings.jwks_cache_ttl,
+        revocations=revocations,
     )
+    return verifier, feed
 
 
 def run_service(name: str, settings: S, bootstrap: Callable[[S], Service]) -> None:
@@ -142,29 +163,43 @@ def run_service(name: str, settings: S, bootstrap: Callable[[S], Service]) -> No
     SIGTERM; spans still batched are exported before the process ends."""
     configure_telemetry(name, settings.log_level)
     service = bootstrap(settings)
-    verifier = token_verifier(settings, service)
+    verifier, feed = token_verifier(settings, service)
     if verifier is None:
         log.warning("%s: HTTP APIs without authentication (EDGE_AUTH_ENABLED=false)", name)
     try:
-        asyncio.run(serve(service, settings.http_host, settings.http_port, verifier=verifier))
+        asyncio.run(
+            serve(service, settings.http_host, settings.http_port, verifier=verifier, feed=feed)
+        )
     finally:
         shutdown_tracing()
 
 
 async def serve(
-    service: Service, http_host: str, http_port: int, *, verifier: TokenVerifier | None = None
+    service: Service,
+    http_host: str,
+    http_port: int,
+    *,
+    verifier: TokenVerifier | None = None,
+    feed: RevocationFeed | None = None,
 ) -> None:
     """Start ``service`` and its HTTP server; on SIGTERM/SIGINT stop both gracefully. With a
     ``verifier`` every route but health, metrics and auth's open ones needs a bearer token
-    (edge.common.authn)."""
+    (edge.common.authn); ``feed`` keeps its map of revoked tokens current."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    if feed is not None:
+        await feed.start()
     middleware = [Middleware(AuthMiddleware, verifier=verifier)] if verifier else []
+
+    def checks() -> dict[str, Check]:
+        own = service.readiness_checks()
+        return {**own, "token revocations": feed.check} if feed is not None else own
+
     app = Starlette(
-        routes=[*health_routes(service.readiness_checks), *service.routes()],
+        routes=[*health_routes(checks), *service.routes()],
         middleware=middleware,
     )
     server = _QuietServer(
@@ -176,6 +211,8 @@ async def serve(
     await asyncio.wait({http, stopped}, return_when=asyncio.FIRST_COMPLETED)
     log.info("%s stopping", service.name)
     server.should_exit = True
+    if feed is not None:
+        await feed.stop()
     await service.stop()
     await asyncio.wait({http}, timeout=5)
     if http.done() and http.exception() is not None:

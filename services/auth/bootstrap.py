@@ -9,7 +9,7 @@ import aio_pika
 import psycopg
 from starlette.routing import BaseRoute
 
-from edge.auth import api, handlers, tokens
+from edge.auth import api, handlers, revocations, tokens
 from edge.auth.audit_trail import AuditTrail, writer_url
 from edge.auth.auditlog import PsycopgAuditLog
 from edge.auth.keys import KeyRing, PsycopgKeyStore
@@ -20,6 +20,7 @@ from edge.auth.users import LockoutPolicy, PsycopgUserStore
 from edge.common.admission import Identified
 from edge.common.authn import KeySource
 from edge.common.bus import RECONNECT_INTERVAL
+from edge.common.revocation import Loader
 from edge.common.rpc import RpcServer
 from edge.common.runtime import Check, broker_check
 
@@ -38,7 +39,10 @@ class AuthService:
     ) -> None:
         self.settings = settings
         self.registry = registry or PsycopgAERegistry(settings.database_url)
-        self.users = users or PsycopgUserStore(settings.database_url)
+        # Revocations the user store commits (a lockout, here) are announced on the bus.
+        self.announcer = revocations.Announcer()
+        self.users = users or PsycopgUserStore(settings.database_url, on_revoked=self.announcer)
+        self.revocation_window = revocations.map_window(settings.token_lifetime)
         self.keys = KeyRing(
             keys or PsycopgKeyStore(settings.database_url),
             rotation=settings.key_rotation,
@@ -84,8 +88,11 @@ class AuthService:
                 audit=self.auditor,
             )
         except psycopg.OperationalError:
-            answer = Identified(False, reason="user database unavailable")
+            answer = Identified(False, reason="user database unavailable", unavailable=True)
         return answer.to_json()
+
+    async def _revocations(self, _: dict[str, Any]) -> dict[str, Any]:
+        return await revocations.revocations_reply(self.users, self.revocation_window)
 
     async def _grant(
         self, form: dict[str, list[str]], authorization: str | None, address: str | None
@@ -112,12 +119,19 @@ class AuthService:
         )
         # One table: which operation goes to which handler.
         self._rpc = RpcServer(
-            self._connection, {"auth.admit": self._admit, "auth.identify": self._identify}
+            self._connection,
+            {
+                "auth.admit": self._admit,
+                "auth.identify": self._identify,
+                "auth.revocations": self._revocations,
+            },
         )
         await self._rpc.start()
         await self.audit.start()
+        self.announcer.bus = self.audit.bus
 
     async def stop(self) -> None:
+        await self.announcer.drain()
         await self.audit.stop()
         if self._rpc is not None:
             await self._rpc.stop()
@@ -132,11 +146,23 @@ class AuthService:
         }
 
     def routes(self) -> list[BaseRoute]:
-        return [*api.routes(self._grant, self.keys.jwks), *self.audit.routes()]
+        return [
+            *api.routes(self._grant, self.keys.jwks),
+            *revocations.revoke_routes(self.users, self.auditor),
+            *self.audit.routes(),
+        ]
 
     def jwks_source(self) -> KeySource:
         """Auth verifies tokens on its own routes from its own keys, not over HTTP."""
         return self.keys.jwks
+
+    def revocation_source(self) -> Loader:
+        """Auth's verifier loads the map of revoked tokens from its own table, not by RPC."""
+
+        async def load() -> dict[str, int]:
+            return await self.users.revocations(self.revocation_window)
+
+        return load
 
 
 def bootstrap(settings: AuthSettings, **adapters: Any) -> AuthService:

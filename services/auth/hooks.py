@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-Change = Literal["added", "updated", "removed", "password", "locked", "unlocked"]
+Change = Literal["added", "updated", "removed", "password", "locked", "unlocked", "revoked"]
 
 
 class AuditSink(Protocol):

@@ -12,7 +12,8 @@ class AuthSettings(CommonSettings):
     # Where the audit trail is written: a connection as the append-only role edge_audit_writer
     # (migration 0009). Unset: EDGE_DATABASE_URL with that role as its user.
     audit_database_url: str | None = None
-    # Access tokens live this long (seconds): short, since they are not revoked.
+    # Access tokens live this long (seconds). Revoked ones (auth.tokens_revoked) are refused
+    # within seconds; the lifetime bounds how long one lives if a verifier misses that.
     token_lifetime: int = Field(600, ge=60, le=3600)
     # A new signing key after this many seconds; retired keys stay in the JWKS until the
     # tokens they signed have expired.

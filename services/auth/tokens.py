@@ -60,10 +60,20 @@ class Issued:
 
 
 def issue_token(
-    key: SigningKey, *, subject: str, role: str, config: TokenConfig, now: float | None = None
+    key: SigningKey,
+    *,
+    subject: str,
+    role: str,
+    config: TokenConfig,
+    now: float | None = None,
+    not_before: int = 0,
 ) -> Issued:
-    """A signed access token (RFC 9068 shape) for ``subject`` in ``role``."""
-    issued_at = int(now if now is not None else time.time())
+    """A signed access token (RFC 9068 shape) for ``subject`` in ``role``.
+
+    ``not_before``: the user's "tokens not before" second (a revocation, rounded up). A token
+    issued in that second, after the revocation, says ``iat`` = ``not_before`` (under a second
+    ahead, within every verifier's leeway), so that it is not taken for one issued before."""
+    issued_at = max(int(now if now is not None else time.time()), not_before)
     claims = {
         "iss": config.issuer,
         "aud": config.audience,
@@ -169,4 +179,10 @@ async def grant(
     else:
         raise TokenError("unsupported_grant_type", "supported: password, client_credentials")
     key = await keys.signer()
-    return issue_token(key, subject=user.username, role=user.role, config=config)
+    return issue_token(
+        key,
+        subject=user.username,
+        role=user.role,
+        config=config,
+        not_before=user.tokens_not_before,
+    )

@@ -1,16 +1,27 @@
-"""Users in Postgres: one role each, an argon2id hash, and lockout state that survives restarts."""
+"""Users in Postgres: one role each, an argon2id hash, and lockout state that survives restarts.
+
+Every change that must end a user's sessions (locked by an admin or by a lockout, removed, a new
+password or role, an explicit revocation) also sets the user's "tokens not before" time
+(``auth_token_revocation``, migration 0011) in the same transaction, and once committed tells
+``on_revoked`` (auth and the CLI announce it as ``auth.tokens_revoked``): one place, so no write
+path can forget it."""
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
 
 from edge.common.authn import ROLES
+from edge.common.events import TokensRevoked
+
+log = logging.getLogger(__name__)
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -38,6 +49,8 @@ class User:
     # True while a lockout after repeated failures runs (by the database's clock, the one that
     # set it) or an admin locked the user.
     locked: bool = False
+    # Epoch seconds: tokens of this user issued earlier are revoked (0: never revoked).
+    tokens_not_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,15 +76,48 @@ class UserStore(Protocol):
 
 _COLUMNS = (
     "username, role, password_hash, disabled, failed_attempts, lockouts, locked_until, "
-    "last_login_at, (disabled OR coalesce(locked_until > now(), false)) AS locked"
+    "last_login_at, (disabled OR coalesce(locked_until > now(), false)) AS locked, "
+    "coalesce(ceil(extract(epoch FROM r.not_before)), 0)::bigint AS tokens_not_before"
 )
+_USERS = "auth_user LEFT JOIN auth_token_revocation r USING (username)"
+
+# The second from which tokens are valid again, rounded up: a token's iat is whole seconds
+# (RFC 7519 NumericDate as issued here), and one issued in the second of the change but before
+# it must be refused; tokens issued after it carry at least this iat (tokens.issue_token).
+_REVOKE = """
+    INSERT INTO auth_token_revocation (username, not_before, reason) VALUES (%s, now(), %s)
+    ON CONFLICT (username) DO UPDATE
+        SET not_before = greatest(auth_token_revocation.not_before, excluded.not_before),
+            reason = excluded.reason
+    RETURNING ceil(extract(epoch FROM not_before))::bigint AS not_before
+"""
+
+Reason = Literal["locked", "lockout", "removed", "password", "role", "revoked"]
+OnRevoked = Callable[[TokensRevoked], None]
 
 
 class PsycopgUserStore:
-    """The ``auth_user`` table; one short connection per call (logins and admin commands)."""
+    """The ``auth_user`` table; one short connection per call (logins and admin commands).
+    ``on_revoked`` hears of every revocation once it is committed."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, on_revoked: OnRevoked | None = None) -> None:
         self._url = database_url
+        self.on_revoked = on_revoked
+
+    async def _revoke(
+        self, conn: psycopg.AsyncConnection[dict[str, Any]], username: str, reason: Reason
+    ) -> TokensRevoked:
+        cur = await conn.execute(_REVOKE, (username, reason))
+        row = await cur.fetchone()
+        assert row is not None
+        return TokensRevoked(login=username, not_before=int(row["not_before"]), reason=reason)
+
+    def _announce(self, revoked: TokensRevoked | None) -> None:
+        if revoked is None:
+            return
+        log.info("tokens of %s revoked (%s)", revoked.login, revoked.reason)
+        if self.on_revoked is not None:
+            self.on_revoked(revoked)
 
     async def _connect(self) -> psycopg.AsyncConnection[dict[str, Any]]:
         return await psycopg.AsyncConnection.connect(
@@ -81,14 +127,14 @@ class PsycopgUserStore:
     async def get(self, username: str) -> User | None:
         async with await self._connect() as conn:
             cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM auth_user WHERE username = %s", (username,)
+                f"SELECT {_COLUMNS} FROM {_USERS} WHERE username = %s", (username,)
             )
             row = await cur.fetchone()
         return User(**row) if row else None
 
     async def list(self) -> list[User]:
         async with await self._connect() as conn:
-            cur = await conn.execute(f"SELECT {_COLUMNS} FROM auth_user ORDER BY username")
+            cur = await conn.execute(f"SELECT {_COLUMNS} FROM {_USERS} ORDER BY username")
             return [User(**row) for row in await cur.fetchall()]
 
     async def add(self, username: str, role: str, password_hash: str) -> bool:
@@ -103,38 +149,78 @@ class PsycopgUserStore:
             )
             return cur.rowcount == 1
 
-    async def set_password(self, username: str, password_hash: str) -> bool:
+    async def _change(
+        self, sql: str, params: tuple[Any, ...], username: str, reason: Reason | None
+    ) -> bool:
+        """Run ``sql`` on the user; when it found them and ``reason`` is given, revoke their
+        tokens in the same transaction. False when there is no such user."""
+        revoked = None
         async with await self._connect() as conn:
-            cur = await conn.execute(
-                "UPDATE auth_user SET password_hash = %s, password_changed_at = now(), "
-                "updated_at = now() WHERE username = %s",
-                (password_hash, username),
-            )
-            return cur.rowcount == 1
+            cur = await conn.execute(sql, params)
+            if cur.rowcount != 1:
+                return False
+            if reason is not None:
+                revoked = await self._revoke(conn, username, reason)
+        self._announce(revoked)
+        return True
+
+    async def set_password(self, username: str, password_hash: str) -> bool:
+        """A new password; tokens issued before it are revoked."""
+        return await self._change(
+            "UPDATE auth_user SET password_hash = %s, password_changed_at = now(), "
+            "updated_at = now() WHERE username = %s",
+            (password_hash, username),
+            username,
+            "password",
+        )
 
     async def set_role(self, username: str, role: str) -> bool:
+        """A new role; tokens issued before it (naming the old role) are revoked."""
         check_role(role)
-        async with await self._connect() as conn:
-            cur = await conn.execute(
-                "UPDATE auth_user SET role = %s, updated_at = now() WHERE username = %s",
-                (role, username),
-            )
-            return cur.rowcount == 1
+        return await self._change(
+            "UPDATE auth_user SET role = %s, updated_at = now() WHERE username = %s",
+            (role, username),
+            username,
+            "role",
+        )
 
     async def set_locked(self, username: str, locked: bool) -> bool:
-        """An admin's lock (until unlocked); unlocking also clears the failure counts."""
-        async with await self._connect() as conn:
-            cur = await conn.execute(
-                "UPDATE auth_user SET disabled = %s, failed_attempts = 0, lockouts = 0, "
-                "locked_until = NULL, updated_at = now() WHERE username = %s",
-                (locked, username),
-            )
-            return cur.rowcount == 1
+        """An admin's lock (until unlocked), which revokes the user's tokens; unlocking also
+        clears the failure counts."""
+        return await self._change(
+            "UPDATE auth_user SET disabled = %s, failed_attempts = 0, lockouts = 0, "
+            "locked_until = NULL, updated_at = now() WHERE username = %s",
+            (locked, username),
+            username,
+            "locked" if locked else None,
+        )
 
     async def remove(self, username: str) -> bool:
+        """Remove the user; the tokens issued to the name stay revoked."""
+        return await self._change(
+            "DELETE FROM auth_user WHERE username = %s", (username,), username, "removed"
+        )
+
+    async def revoke(self, username: str) -> bool:
+        """Revoke the user's tokens issued until now (they sign in again for new ones)."""
+        return await self._change(
+            "UPDATE auth_user SET updated_at = now() WHERE username = %s",
+            (username,),
+            username,
+            "revoked",
+        )
+
+    async def revocations(self, window: float) -> dict[str, int]:
+        """The users whose tokens were revoked in the last ``window`` seconds (older revocations
+        concern expired tokens only): user -> tokens not before, epoch seconds."""
         async with await self._connect() as conn:
-            cur = await conn.execute("DELETE FROM auth_user WHERE username = %s", (username,))
-            return cur.rowcount == 1
+            cur = await conn.execute(
+                "SELECT username, ceil(extract(epoch FROM not_before))::bigint AS not_before "
+                "FROM auth_token_revocation "
+                "WHERE not_before > now() - make_interval(secs => %s)",
+                (window,),
+            )
+            return {row["username"]: int(row["not_before"]) for row in await cur.fetchall()}
 
     async def count_role(self, role: str) -> int:
         async with await self._connect() as conn:
@@ -145,6 +231,7 @@ class PsycopgUserStore:
     async def record_failure(self, username: str, policy: LockoutPolicy) -> datetime | None:
         """Count a failed login in one statement (concurrent failures all count); returns the
         end of the lockout this failure started, if it started one."""
+        revoked = None
         async with await self._connect() as conn:
             cur = await conn.execute(
                 """
@@ -169,7 +256,11 @@ class PsycopgUserStore:
                 },
             )
             row = await cur.fetchone()
-        return row["locked_until"] if row and row["locked"] else None
+            locked_until = row["locked_until"] if row and row["locked"] else None
+            if locked_until is not None:
+                revoked = await self._revoke(conn, username, "lockout")
+        self._announce(revoked)
+        return locked_until
 
     async def record_success(self, username: str, new_hash: str | None = None) -> None:
         async with await self._connect() as conn:

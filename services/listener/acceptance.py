@@ -3,7 +3,9 @@ negotiated, the called AE must be ours, the calling AE registered for the peer's
 ``auth.admit``, cached), the transport what the registry asks of it (TLS, a client certificate
 naming it) and its DICOM User Identity (PS3.7 D.3.3.7) present and valid where required. Every
 refusal is audited (Security Alert, Node Authentication) with its reason; an acceptance too
-(User Authentication, Login), naming the user when one was verified.
+(User Authentication, Login), naming the user when one was verified. When admission or a User
+Identity cannot be checked (auth unreachable or timing out), the association is rejected
+transiently and audited as a serious failure (User Authentication, outcome 8).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user, called AE not 
 REJECT_TRANSPORT = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
 # PS3.7 D.3.3.7: an identity not accepted is rejected permanent, source service-provider (ACSE).
 REJECT_IDENTITY = (0x01, 0x02, 0x01)
-REJECT_TRANSIENT = (0x02, 0x03, 0x01)  # transient, service-provider (presentation), congestion
+# PS3.8 Table 9-21: rejected-transient, DICOM UL service-provider (presentation related
+# function), temporary congestion: admission or a User Identity could not be checked for now.
+REJECT_TRANSIENT = (0x02, 0x03, 0x01)
 
 Admit = Callable[[str, str], Admission]  # (calling AE, address) -> decision; blocks
 
@@ -105,6 +109,12 @@ class AdmittingACSE(ACSE):
         if refusal is not None:
             return self._refuse(REJECT_TRANSPORT, refusal)
         user, refusal = self._check_identity(decision)
+        outcome = outcome_of(self.assoc)
+        if refusal is not None and outcome is not None and outcome.unavailable:
+            # Auth unreachable, timing out or without its database: no verdict on the identity,
+            # so refuse for now (the peer may retry) and audit it as a serious failure.
+            self._audited(False, refusal, unavailable=True)
+            return self._reject(REJECT_TRANSIENT, refusal)
         if refusal is not None:
             return self._refuse(REJECT_IDENTITY, refusal)
         self._audited(True, identity=user or None)

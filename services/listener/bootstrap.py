@@ -19,6 +19,7 @@ from edge.common.authn import InvalidToken, TokenVerifier, http_jwks
 from edge.common.bus import EXCHANGE, AioPikaBus
 from edge.common.dicom import Status
 from edge.common.events import AeChanged, InstanceReceived, UndecodableMessage, from_parts
+from edge.common.revocation import RevocationFeed, Revocations
 from edge.common.rpc import RpcClient, RpcTimeout
 from edge.common.runtime import Check, broker_check, store_check
 from edge.common.store import MinioObjectStore, ObjectStore
@@ -60,7 +61,19 @@ class ListenerService:
         self._cache: AdmissionCache | None = None
         self._server: Any = None
         self._tls_server: Any = None
-        self._verifier: TokenVerifier | None = None
+        # One verifier for the JWTs of DICOM User Identity and (lent to serve()) the HTTP APIs;
+        # its map of revoked tokens is kept by the feed started with the listener.
+        self._revocations = Revocations()
+        self.token_verifier = TokenVerifier(
+            http_jwks(settings.auth_url.rstrip("/") + "/api/auth/jwks"),
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            cache_ttl=settings.jwks_cache_ttl,
+            revocations=self._revocations,
+        )
+        self.revocation_feed = RevocationFeed(
+            settings.amqp_url, self._revocations, rpc_timeout=settings.rpc_timeout
+        )
         self._uploads: ThreadPoolExecutor | None = None
         # Audit events (edge.common.audit): buffered from the start, published once the bus is up.
         self.auditor = Auditor(None, source="edge-listener", hash_key=settings.audit_hash_key)
@@ -92,24 +105,28 @@ class ListenerService:
     ) -> Identified:
         """A DICOM User Identity: username and passcode checked by auth (``auth.identify``), a
         JWT verified here against auth's JWKS."""
-        timeout = self.settings.rpc_timeout + 1
         if kind == "password":
             payload = {
                 "username": primary.decode("utf-8", "replace"),
                 "passcode": (secondary or b"").decode("utf-8", "replace"),
                 "address": address,
             }
-            return self._on_loop(self._ask_identify(payload)).result(timeout)
-        return self._on_loop(self._verify_jwt(primary.decode("ascii", "replace"))).result(timeout)
+            future = self._on_loop(self._ask_identify(payload))
+        else:
+            future = self._on_loop(self._verify_jwt(primary.decode("ascii", "replace")))
+        try:
+            return future.result(self.settings.rpc_timeout + 1)
+        except TimeoutError:
+            future.cancel()
+            raise
 
     async def _ask_identify(self, payload: dict[str, Any]) -> Identified:
         assert self._rpc is not None
         return Identified.from_json(await self._rpc.call("auth.identify", payload))
 
     async def _verify_jwt(self, token: str) -> Identified:
-        assert self._verifier is not None
         try:
-            principal = await self._verifier.verify(token.strip())
+            principal = await self.token_verifier.verify(token.strip())
         except InvalidToken as exc:
             return Identified(False, reason=str(exc))
         return Identified(True, principal.subject, principal.role)
@@ -172,12 +189,7 @@ class ListenerService:
         self.auditor.bus = self.bus
         await self.auditor.start()
         self._cache = AdmissionCache(self._ask_auth, s.admission_cache_ttl)
-        self._verifier = TokenVerifier(
-            http_jwks(s.auth_url.rstrip("/") + "/api/auth/jwks"),
-            issuer=s.token_issuer,
-            audience=s.token_audience,
-            cache_ttl=s.jwks_cache_ttl,
-        )
+        await self.revocation_feed.start()
         channel = await self.bus.connection.channel()
         # A cache-invalidation feed: per replica, gone with it; the TTL covers any gap.
         queue = await channel.declare_queue(
@@ -271,6 +283,7 @@ class ListenerService:
         if self._uploads is not None:
             self._uploads.shutdown(wait=False, cancel_futures=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
+        await self.revocation_feed.stop()
         if self._rpc is not None:
             await self._rpc.stop()
         if self._handshake_flusher is not None:
@@ -284,6 +297,7 @@ class ListenerService:
         return {
             "broker": broker_check(lambda: self.bus.connection if self.bus else None),
             "s3": store_check(lambda: self.store),
+            "token revocations": self.revocation_feed.check,
         }
 
     def routes(self) -> list[BaseRoute]:

@@ -74,6 +74,9 @@ class IdentityOutcome:
     verified: bool
     user: str = ""
     reason: str = ""
+    # Not checked at all (auth unreachable or timing out, its database or keys away): the
+    # association is rejected transiently, not as a bad identity.
+    unavailable: bool = False
 
 
 def outcome_of(assoc: Any) -> IdentityOutcome | None:
@@ -96,9 +99,13 @@ def on_user_identity(event: evt.Event, identify: Identify) -> tuple[bool, bytes 
         secondary = fields.secondary_field
         try:
             verdict = identify(kind, primary, secondary, str(assoc.requestor.address))
-        except Exception as exc:  # auth or its keys unreachable: not verified
+        except Exception as exc:  # auth or its keys unreachable, or too slow: not checked
             log.error("user identity check failed: %s", type(exc).__name__)
-            verdict = Identified(False, reason="user identity could not be checked")
-        outcome = IdentityOutcome(verdict.verified, verdict.user, verdict.reason)
+            verdict = Identified(
+                False, reason="user identity could not be checked", unavailable=True
+            )
+        outcome = IdentityOutcome(
+            verdict.verified, verdict.user, verdict.reason, verdict.unavailable
+        )
     setattr(assoc, _OUTCOME, outcome)
     return outcome.verified, (b"" if outcome.verified else None)

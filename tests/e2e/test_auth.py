@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,97 @@ def test_client_credentials_for_service_users(suite: DevSuite) -> None:
     assert (human.status_code, human.json()["error"]) == (400, "unauthorized_client")
     unknown = token_request(suite, grant_type="refresh_token", refresh_token="x")
     assert unknown.json()["error"] == "unsupported_grant_type"
+
+
+def qido_status(suite: DevSuite, token: str) -> httpx.Response:
+    return httpx.get(
+        f"http://127.0.0.1:{suite.http_port}/dicom-web/studies",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+
+
+def refused_within(suite: DevSuite, token: str, seconds: float = 10.0) -> httpx.Response:
+    """The first 401 DICOMweb answers ``token`` within ``seconds`` (or the last answer)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = qido_status(suite, token)
+        if response.status_code == 401 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.2)
+
+
+def test_tokens_are_refused_within_seconds_of_a_revocation_and_new_ones_work(
+    suite: DevSuite,
+) -> None:
+    name, first, second = "revokeme", "revoke-password-1", "revoke-password-2"
+    suite.edge("user", "add", name, "--role", "radiologist", "--password", first)
+
+    def fresh(password: str) -> str:
+        response = token_request(suite, grant_type="password", username=name, password=password)
+        assert response.status_code == 200, response.text
+        token = str(response.json()["access_token"])
+        assert qido_status(suite, token).status_code in (200, 204)  # 204: no study yet
+        return token
+
+    # Revoked by the CLI: the same 401 problem as an expired token; a new token works.
+    token = fresh(first)
+    suite.edge("user", "revoke", name)
+    refused = refused_within(suite, token)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["detail"] == "token revoked"
+    assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+    # By the admin API (admin only), audited as a user change.
+    token = fresh(first)
+    route = f"{suite.auth_url}/api/auth/users/{name}/revoke"
+    assert httpx.post(route, headers=suite.auth_headers("radiologist")).status_code == 403
+    assert httpx.post(route, headers=suite.auth_headers("admin")).status_code == 200
+    assert refused_within(suite, token).status_code == 401
+    missing = httpx.post(
+        f"{suite.auth_url}/api/auth/users/nobody/revoke", headers=suite.auth_headers()
+    )
+    assert missing.status_code == 404
+    # A new password.
+    token = fresh(first)
+    suite.edge("user", "passwd", name, "--password", second)
+    assert refused_within(suite, token).status_code == 401
+    # Locked by an admin, then unlocked.
+    token = fresh(second)
+    suite.edge("user", "lock", name)
+    assert refused_within(suite, token).status_code == 401
+    suite.edge("user", "unlock", name)
+    # A new role: the token naming the old one is refused, not just under-privileged.
+    token = fresh(second)
+    suite.edge("user", "role", name, "him")
+    assert refused_within(suite, token).status_code == 401
+    suite.edge("user", "role", name, "radiologist")
+    # Locked out by failed logins (auth itself announces it).
+    token = fresh(second)
+    for _ in range(5):
+        token_request(suite, grant_type="password", username=name, password="wrong-password")
+    assert refused_within(suite, token).status_code == 401
+    suite.edge("user", "remove", name)
+
+    def changes() -> list[str]:
+        audit = httpx.get(
+            f"{suite.auth_url}/api/audit?type=audit.security-alert&limit=1000",
+            headers=suite.auth_headers("admin"),
+            timeout=30,
+        )
+        return [
+            detail["value"]
+            for row in audit.json()["events"]
+            for obj in row["event"]["data"].get("objects", [])
+            if obj["object_id"] == name
+            for detail in obj.get("details", [])
+            if detail["type"] == "change"
+        ]
+
+    deadline = time.monotonic() + 15
+    while changes().count("revoked") < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    recorded = changes()
+    assert recorded.count("revoked") == 2 and "password" in recorded and "locked" in recorded
 
 
 def test_no_password_or_token_in_any_log_line(suite: DevSuite) -> None:

@@ -203,6 +203,31 @@ def test_jwt_identity_valid_expired_and_forged(client: Client) -> None:
     assert refused(suite, "JWTSCU", "user identity: token expired")
 
 
+def test_a_jwt_identity_is_refused_once_its_user_is_revoked(client: Client) -> None:
+    suite = client.suite
+    register(suite, "JWTREV", "--identity", "required", "--identity-kinds", "jwt")
+    name, password = "jwt-revoked", "jwt-revoked-password-1"
+    suite.edge("user", "add", name, "--role", "service", "--password", password)
+
+    def token() -> bytes:
+        from edge.cli.users import request_token
+
+        return str(request_token(suite.auth_url, name, password)["access_token"]).encode()
+
+    before = token()
+    assert echo(suite, "JWTREV", identity=(5, before, None)).echo_status == 0
+    suite.edge("user", "revoke", name)
+    deadline = time.monotonic() + 10
+    while (assoc := echo(suite, "JWTREV", identity=(5, before, None))).is_rejected is False:
+        assert time.monotonic() < deadline, "the revoked token still opens associations"
+        time.sleep(0.2)
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x02, 0x01)
+    assert refused(suite, "JWTREV", "user identity: token revoked")
+    assert echo(suite, "JWTREV", identity=(5, token(), None)).echo_status == 0
+    suite.edge("user", "remove", name)
+
+
 def _expired_token(suite: DevSuite, claims: dict[str, Any], header: dict[str, Any]) -> str:
     """A token auth's own key signed, expired an hour ago (the key read from the suite's
     database, as an attacker never could: the point is that expiry alone refuses it)."""

@@ -217,6 +217,19 @@ def test_user_identity_handler_refuses_when_it_cannot_ask() -> None:
     assert on_user_identity(event, down) == (False, None)
     outcome = outcome_of(event.assoc)
     assert outcome is not None and outcome.reason == "user identity could not be checked"
+    assert outcome.unavailable  # no verdict: the association is rejected transiently
+
+
+def test_user_identity_handler_passes_on_an_answer_that_says_it_could_not_check() -> None:
+    event = user_id_event(USERNAME_PASSCODE, b"alice", b"secret")
+    away = Identified(False, reason="user database unavailable", unavailable=True)
+
+    assert on_user_identity(event, lambda *_: away) == (False, None)
+    outcome = outcome_of(event.assoc)
+    assert outcome is not None and outcome.unavailable
+    wrong = user_id_event(USERNAME_PASSCODE, b"alice", b"wrong")
+    on_user_identity(wrong, lambda *_: Identified(False, reason="wrong password"))
+    assert not outcome_of(wrong.assoc).unavailable  # type: ignore[union-attr]
 
 
 # -- auth.identify -------------------------------------------------------------------------------

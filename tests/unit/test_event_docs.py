@@ -53,6 +53,10 @@ ALLOWED_FIELDS = {
     "previous_sequence",
     "ae_title",
     "change",
+    # auth.tokens_revoked: a staff or program login (never a patient), a time and our reason.
+    "login",
+    "not_before",
+    "reason",
     # Audit events (PS3.15 A.5): codes, participants by AE title / login / IP, objects by UID or
     # a keyed hash (patients, query values); never a patient's ID, name or birth date.
     "event",
