@@ -282,3 +282,47 @@ async def test_middleware_answers_503_when_no_key_can_be_fetched() -> None:
             "/dicom-web/studies", headers={"Authorization": f"Bearer {token}"}
         )
     assert response.status_code == 503
+
+
+async def test_a_verified_token_is_remembered_yet_still_expires_is_revoked_and_follows_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edge.common.revocation import Revocations
+
+    key, jwk = make_key()
+    keys = Keys(jwk)
+    revocations = Revocations()
+    revocations.set_ready(True)
+    check = verifier(keys, cache_ttl=0, revocations=revocations)
+    token = issue_token(key, subject="alice", role="admin", config=CONFIG).access_token
+    decodes = 0
+    real_decode = jwt.decode
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    for _ in range(3):
+        assert (await check.verify(token)).subject == "alice"
+    assert decodes == 1  # the signature was checked once
+    # Revoked after it was remembered: refused all the same.
+    revocations.merge({"alice": int(time.time()) + 1})
+    with pytest.raises(InvalidToken, match="revoked"):
+        await check.verify(token)
+    # Expiry is checked on every use (the remembered token passes its exp + leeway).
+    bob = issue_token(key, subject="bob", role="admin", config=CONFIG).access_token
+    await check.verify(bob)
+    later = time.time() + CONFIG.lifetime + 11
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(InvalidToken, match="expired"):
+        await check.verify(bob)
+    monkeypatch.undo()
+    # Its signing key withdrawn from the JWKS (cache_ttl 0: fetched again): forgotten.
+    carol = issue_token(key, subject="carol", role="admin", config=CONFIG).access_token
+    await check.verify(carol)
+    _, other_jwk = make_key()
+    keys.jwks = [other_jwk]
+    with pytest.raises(InvalidToken, match="unknown key"):
+        await check.verify(carol)
