@@ -4,8 +4,7 @@ pynetdicom hands every P-DATA-TF PDU to the association's DUL thread through a q
 primitive, an event, a state-machine action, an encode, then the socket, and the DUL thread
 sleeps 1 ms whenever its queue is empty. A 0.5 MB instance to a peer that takes 16 kB PDUs is
 ~33 PDUs, and that hand-over, not the network, bounded C-MOVE and C-GET to ~10 MB/s. Here the
-sending thread writes the PDUs itself, several to a system call, from the spooled object (in
-memory or in a file).
+sending thread writes the PDUs itself, several to a system call, from the spooled file.
 
 Only one thread may write to a socket at a time. pynetdicom's DUL thread writes only what is
 queued for it, so these functions first wait until its queue is empty, and are used only where
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -29,7 +27,7 @@ from pynetdicom.pdu import P_DATA_TF
 C_STORE_RQ = 0x0001
 DATA_SET_PRESENT = 0x0001  # CommandDataSetType: anything but 0x0101 (PS3.7 E.1)
 UNLIMITED_FRAGMENT = 1 << 20  # the peer said 0 (no limit): fragments of 1 MiB
-BATCH = 1 << 20  # bytes of PDUs gathered into one write (a 0.5 MB instance: one system call)
+BATCH = 256 * 1024  # bytes of PDUs gathered into one write
 
 
 def element(tag: int, vr: str, value: bytes, explicit: bool = False) -> bytes | None:
@@ -90,12 +88,7 @@ def data_set_offset(f: BinaryIO) -> int | None:
     """Where a Part-10 file's data set starts (after the preamble and the File Meta
     Information, whose group length says how long it is); None when the file does not say."""
     f.seek(0)
-    return data_set_offset_in(f.read(132 + 12))
-
-
-def data_set_offset_in(head: bytes | memoryview) -> int | None:
-    """:func:`data_set_offset` of a Part-10 object's first 144 bytes (or more)."""
-    head = bytes(head[:144])
+    head = f.read(132 + 12)
     if len(head) < 144 or head[128:132] != b"DICM":
         return None
     tag, vr, length = struct.unpack("<I2sH", head[132:140])
@@ -105,13 +98,9 @@ def data_set_offset_in(head: bytes | memoryview) -> int | None:
     return 144 + group_length
 
 
-def _pdu_head(context_id: int, control: int, length: int) -> bytes:
-    # P-DATA-TF (PS3.8 9.3.5): type 4, reserved, length; one PDV item: length, context, control.
-    return struct.pack(">BBIIBB", 4, 0, length + 6, length + 2, context_id, control)
-
-
 def _pdu(context_id: int, control: int, data: bytes) -> bytes:
-    return _pdu_head(context_id, control, len(data)) + data
+    # P-DATA-TF (PS3.8 9.3.5): type 4, reserved, length; one PDV item: length, context, control.
+    return struct.pack(">BBIIBB", 4, 0, len(data) + 6, len(data) + 2, context_id, control) + data
 
 
 class DirectSender:
@@ -130,10 +119,8 @@ class DirectSender:
         while not dul.to_provider_queue.empty() and time.monotonic() < deadline:
             time.sleep(0.0002)
 
-    def _write(self, chunks: list[bytes | memoryview]) -> None:
-        # One copy (the join); a memoryview, so that pynetdicom's loop over partial sends
-        # slices without copying the rest again.
-        self.socket.send(memoryview(b"".join(chunks)))  # type: ignore[arg-type]
+    def _write(self, chunks: list[bytes]) -> None:
+        self.socket.send(b"".join(chunks))
 
     def send_message(self, primitive: Any, context_id: int) -> None:
         """A response (e.g. a C-MOVE or C-GET pending) encoded by pynetdicom, written here."""
@@ -143,66 +130,46 @@ class DirectSender:
         self._quiet()
         self._write([P_DATA_TF(p).encode() for p in message.encode_msg(context_id, limit)])
 
-    def c_store_file(self, path: Path, context_id: int, command: bytes) -> Dataset | None:
+    def c_store_file(
+        self,
+        path: Path,
+        context_id: int,
+        command: bytes,
+    ) -> Dataset | None:
         """Send a C-STORE-RQ whose data set is the part of the Part-10 file ``path`` after its
         File Meta Information, unchanged; wait for the response. The response status data set
         (pynetdicom's own checks); None when the file's meta cannot be skipped here."""
+        assoc = self.assoc
         with open(path, "rb") as f:
             offset = data_set_offset(f)
             if offset is None:
                 return None
             size = f.seek(0, 2) - offset
             f.seek(offset)
-            return self._c_store(f.read, size, context_id, command)
-
-    def c_store_bytes(self, data: bytes, context_id: int, command: bytes) -> Dataset | None:
-        """:meth:`c_store_file` of a Part-10 object held in memory (sliced, not copied)."""
-        offset = data_set_offset_in(data)
-        if offset is None:
-            return None
-        view = memoryview(data)[offset:]
-        position = 0
-
-        def read(n: int) -> memoryview:
-            nonlocal position
-            piece = view[position : position + n]
-            position += len(piece)
-            return piece
-
-        return self._c_store(read, len(view), context_id, command)
-
-    def _c_store(
-        self,
-        read: Callable[[int], bytes | memoryview],
-        size: int,
-        context_id: int,
-        command: bytes,
-    ) -> Dataset:
-        assoc = self.assoc
-        assoc._reactor_checkpoint.clear()
-        try:
-            while not assoc._is_paused:
-                time.sleep(0.0001)
-            self._quiet()
-            batch: list[bytes | memoryview] = [_pdu(context_id, 0x03, command)]
-            pending = len(batch[0])
-            sent = 0
-            while sent < size or size == 0:
-                data = read(min(self.fragment, size - sent))
-                sent += len(data)
-                if not data and size:
-                    raise OSError("spooled object shorter than it was")
-                last = sent >= size
-                batch += (_pdu_head(context_id, 0x02 if last else 0x00, len(data)), data)
-                pending += len(data) + 12
-                if last or pending >= BATCH:
-                    self._write(batch)
-                    batch, pending = [], 0
-                if last:
-                    break
-            _cx, rsp = assoc.dimse.get_msg(block=True)
-        finally:
-            assoc._reactor_checkpoint.set()
+            assoc._reactor_checkpoint.clear()
+            try:
+                while not assoc._is_paused:
+                    time.sleep(0.0001)
+                self._quiet()
+                batch = [_pdu(context_id, 0x03, command)]
+                pending = len(batch[0])
+                sent = 0
+                while sent < size or size == 0:
+                    data = f.read(min(self.fragment, size - sent))
+                    sent += len(data)
+                    if not data and size:
+                        raise OSError("spool file shorter than it was")
+                    last = sent >= size
+                    batch.append(_pdu(context_id, 0x02 if last else 0x00, data))
+                    pending += len(batch[-1])
+                    if last or pending >= BATCH:
+                        self._write(batch)
+                        batch, pending = [], 0
+                    if last:
+                        break
+                _cx, rsp = assoc.dimse.get_msg(block=True)
+            finally:
+                assoc._reactor_checkpoint.set()
         if rsp is None:
             assoc._handle_no_response()
             return Dataset()

@@ -31,7 +31,6 @@ from edge.common.suboperations import (
     UNABLE_TO_CALCULATE,
     UNABLE_TO_PERFORM,
     UNABLE_TO_PROCESS,
-    Pacer,
     Progress,
     refusal,
 )
@@ -174,7 +173,6 @@ class MoveHandler:
         running = loop.run_in_executor(None, transfer.run)
         watch = asyncio.create_task(cancelled.wait())
         getter: asyncio.Task[SubResult] | None = None
-        pacer = Pacer()
         try:
             while True:
                 if getter is None:
@@ -191,7 +189,7 @@ class MoveHandler:
                     SUBOPERATIONS.labels(result.outcome.value).inc()
                     if result.outcome is not Outcome.FAILED:
                         MOVE_BYTES.inc(result.size)
-                    if progress.remaining and pacer.due():
+                    if progress.remaining:
                         yield progress.pending()
                 elif running.done() and results.empty():
                     break
@@ -234,5 +232,4 @@ class MoveHandler:
             report=lambda result: loop.call_soon_threadsafe(results.put_nowait, result),
             cancelled=stop,
             tls_context=self.tls_context,
-            read_ahead=s.move_read_ahead,
         )
