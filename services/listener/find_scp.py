@@ -52,7 +52,7 @@ C_FIND_SECONDS = Histogram(
     "edge_cfind_seconds",
     "C-FIND handling time, from the request to the final response, by final status",
     ["status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 C_FIND_MATCHES = Counter("edge_cfind_matches_total", "Pending C-FIND responses sent")
 

@@ -63,7 +63,7 @@ QIDO_SECONDS = Histogram(
     "edge_qido_seconds",
     "QIDO-RS search handling time, by HTTP status",
     ["status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
 # Call ``query.find`` with a payload and return its reply; raises RpcTimeout or RpcError.
