@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,12 @@ from edge.cli.devsuite import DevSuite, dcmtk, dcmtk_env
 from edge.common.dimse import NODELAY_HANDLER
 from edge.common.netutil import free_ports
 from edge.common.tls import client_context
-from tests.e2e.conftest import Client, start_suite
+from tests.e2e.conftest import Client
 from tests.e2e.rawscu import send_raw
 
 pytestmark = pytest.mark.e2e
 
 LOCAL = "127.0.0.1"
-
-
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSuite]:
-    started = start_suite(tmp_path_factory.mktemp("nodes"))
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture(scope="module")
-def client(suite: DevSuite) -> Client:
-    return Client(suite)
 
 
 @pytest.fixture(scope="module")
