@@ -4,7 +4,8 @@ pynetdicom hands every P-DATA-TF PDU to the association's DUL thread through a q
 primitive, an event, a state-machine action, an encode, then the socket, and the DUL thread
 sleeps 1 ms whenever its queue is empty. A 0.5 MB instance to a peer that takes 16 kB PDUs is
 ~33 PDUs, and that hand-over, not the network, bounded C-MOVE and C-GET to ~10 MB/s. Here the
-sending thread writes the PDUs itself, several to a system call, from the spooled file.
+sending thread writes the PDUs itself, several to a system call, from the spooled object (in
+memory or in a file).
 
 Only one thread may write to a socket at a time. pynetdicom's DUL thread writes only what is
 queued for it, so these functions first wait until its queue is empty, and are used only where
@@ -16,7 +17,10 @@ sent here as well). Responses still arrive through pynetdicom (its DUL reads the
 from __future__ import annotations
 
 import struct
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,7 +31,7 @@ from pynetdicom.pdu import P_DATA_TF
 C_STORE_RQ = 0x0001
 DATA_SET_PRESENT = 0x0001  # CommandDataSetType: anything but 0x0101 (PS3.7 E.1)
 UNLIMITED_FRAGMENT = 1 << 20  # the peer said 0 (no limit): fragments of 1 MiB
-BATCH = 256 * 1024  # bytes of PDUs gathered into one write
+BATCH = 1 << 20  # bytes of PDUs gathered into one write (a 0.5 MB instance: one system call)
 
 
 def element(tag: int, vr: str, value: bytes, explicit: bool = False) -> bytes | None:
@@ -88,7 +92,12 @@ def data_set_offset(f: BinaryIO) -> int | None:
     """Where a Part-10 file's data set starts (after the preamble and the File Meta
     Information, whose group length says how long it is); None when the file does not say."""
     f.seek(0)
-    head = f.read(132 + 12)
+    return data_set_offset_in(f.read(132 + 12))
+
+
+def data_set_offset_in(head: bytes | memoryview) -> int | None:
+    """:func:`data_set_offset` of a Part-10 object's first 144 bytes (or more)."""
+    head = bytes(head[:144])
     if len(head) < 144 or head[128:132] != b"DICM":
         return None
     tag, vr, length = struct.unpack("<I2sH", head[132:140])
@@ -98,9 +107,98 @@ def data_set_offset(f: BinaryIO) -> int | None:
     return 144 + group_length
 
 
-def _pdu(context_id: int, control: int, data: bytes) -> bytes:
+def _pdu_head(context_id: int, control: int, length: int) -> bytes:
     # P-DATA-TF (PS3.8 9.3.5): type 4, reserved, length; one PDV item: length, context, control.
-    return struct.pack(">BBIIBB", 4, 0, len(data) + 6, len(data) + 2, context_id, control) + data
+    return struct.pack(">BBIIBB", 4, 0, length + 6, length + 2, context_id, control)
+
+
+def _pdu(context_id: int, control: int, data: bytes) -> bytes:
+    return _pdu_head(context_id, control, len(data)) + data
+
+
+class Checkpoint:
+    """An association reactor's pause point that says for certain whether the reactor is held.
+
+    pynetdicom pauses its reactor by clearing an Event and spinning until ``_is_paused`` is
+    True; the reactor sets that flag *before* ``Event.wait()`` and clears it after. A sender
+    that set the event at the end of one message and clears it again at once for the next (as
+    a C-MOVE sending back to back does) wakes the reactor, which, once it runs, leaves the wait
+    even though the event is cleared again (``Event.wait`` returns on the notification) while
+    the flag still reads True: the reactor then takes the next C-STORE response off the DIMSE
+    queue ("Received unexpected C-STORE service message") and the sender waits for it until
+    the DIMSE timeout. Here the reactor leaves the wait only while the event is set, and
+    ``holding`` is True exactly while it waits with the event cleared, both under the event's
+    own lock: once a pauser has cleared the event and seen ``holding``, the reactor stays put.
+    """
+
+    # The Event interface pynetdicom uses (set, clear, is_set, wait), on a lock of our own.
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._flag = True
+        self.holding = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with self._cond:
+            self._flag = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._flag:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.holding = True
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self.holding = False
+            return True
+
+
+def checkpoint_of(assoc: Any) -> Checkpoint:
+    """The association's reactor checkpoint, a :class:`Checkpoint` from now on. Swapped in while
+    the old one is set (nobody is pausing the reactor): the reactor reads the attribute on every
+    turn, and a turn begun on the old one is caught by :func:`reactor_paused` waiting for
+    ``holding`` on the new one."""
+    current = assoc._reactor_checkpoint
+    if not isinstance(current, Checkpoint):
+        current = Checkpoint()
+        assoc._reactor_checkpoint = current
+    return current
+
+
+PAUSE_TIMEOUT = 10.0  # seconds a pause waits for the reactor before giving up on it
+
+
+@contextmanager
+def reactor_paused(assoc: Any) -> Iterator[None]:
+    """The association's reactor held at its checkpoint for the block, so that a response the
+    block waits for is not taken by the reactor. pynetdicom's own ``send_*`` methods may be
+    called inside (their pause finds the reactor already held). Not waited for when the
+    calling thread is the reactor itself (a handler serving a request), or the reactor has
+    stopped."""
+    checkpoint = checkpoint_of(assoc)
+    checkpoint.clear()
+    try:
+        if threading.current_thread() is not assoc:
+            deadline = time.monotonic() + PAUSE_TIMEOUT
+            while not checkpoint.holding and assoc.is_alive() and not assoc._kill:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the association's reactor did not pause")
+                time.sleep(0.0001)
+        yield
+    finally:
+        checkpoint.set()
 
 
 class DirectSender:
@@ -119,8 +217,10 @@ class DirectSender:
         while not dul.to_provider_queue.empty() and time.monotonic() < deadline:
             time.sleep(0.0002)
 
-    def _write(self, chunks: list[bytes]) -> None:
-        self.socket.send(b"".join(chunks))
+    def _write(self, chunks: list[bytes | memoryview]) -> None:
+        # One copy (the join); a memoryview, so that pynetdicom's loop over partial sends
+        # slices without copying the rest again.
+        self.socket.send(memoryview(b"".join(chunks)))  # type: ignore[arg-type]
 
     def send_message(self, primitive: Any, context_id: int) -> None:
         """A response (e.g. a C-MOVE or C-GET pending) encoded by pynetdicom, written here."""
@@ -130,46 +230,61 @@ class DirectSender:
         self._quiet()
         self._write([P_DATA_TF(p).encode() for p in message.encode_msg(context_id, limit)])
 
-    def c_store_file(
-        self,
-        path: Path,
-        context_id: int,
-        command: bytes,
-    ) -> Dataset | None:
+    def c_store_file(self, path: Path, context_id: int, command: bytes) -> Dataset | None:
         """Send a C-STORE-RQ whose data set is the part of the Part-10 file ``path`` after its
         File Meta Information, unchanged; wait for the response. The response status data set
         (pynetdicom's own checks); None when the file's meta cannot be skipped here."""
-        assoc = self.assoc
         with open(path, "rb") as f:
             offset = data_set_offset(f)
             if offset is None:
                 return None
             size = f.seek(0, 2) - offset
             f.seek(offset)
-            assoc._reactor_checkpoint.clear()
-            try:
-                while not assoc._is_paused:
-                    time.sleep(0.0001)
-                self._quiet()
-                batch = [_pdu(context_id, 0x03, command)]
-                pending = len(batch[0])
-                sent = 0
-                while sent < size or size == 0:
-                    data = f.read(min(self.fragment, size - sent))
-                    sent += len(data)
-                    if not data and size:
-                        raise OSError("spool file shorter than it was")
-                    last = sent >= size
-                    batch.append(_pdu(context_id, 0x02 if last else 0x00, data))
-                    pending += len(batch[-1])
-                    if last or pending >= BATCH:
-                        self._write(batch)
-                        batch, pending = [], 0
-                    if last:
-                        break
-                _cx, rsp = assoc.dimse.get_msg(block=True)
-            finally:
-                assoc._reactor_checkpoint.set()
+            return self._c_store(f.read, size, context_id, command)
+
+    def c_store_bytes(self, data: bytes, context_id: int, command: bytes) -> Dataset | None:
+        """:meth:`c_store_file` of a Part-10 object held in memory (sliced, not copied)."""
+        offset = data_set_offset_in(data)
+        if offset is None:
+            return None
+        view = memoryview(data)[offset:]
+        position = 0
+
+        def read(n: int) -> memoryview:
+            nonlocal position
+            piece = view[position : position + n]
+            position += len(piece)
+            return piece
+
+        return self._c_store(read, len(view), context_id, command)
+
+    def _c_store(
+        self,
+        read: Callable[[int], bytes | memoryview],
+        size: int,
+        context_id: int,
+        command: bytes,
+    ) -> Dataset:
+        assoc = self.assoc
+        with reactor_paused(assoc):
+            self._quiet()
+            batch: list[bytes | memoryview] = [_pdu(context_id, 0x03, command)]
+            pending = len(batch[0])
+            sent = 0
+            while sent < size or size == 0:
+                data = read(min(self.fragment, size - sent))
+                sent += len(data)
+                if not data and size:
+                    raise OSError("spooled object shorter than it was")
+                last = sent >= size
+                batch += (_pdu_head(context_id, 0x02 if last else 0x00, len(data)), data)
+                pending += len(data) + 12
+                if last or pending >= BATCH:
+                    self._write(batch)
+                    batch, pending = [], 0
+                if last:
+                    break
+            _cx, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             assoc._handle_no_response()
             return Dataset()

@@ -1,9 +1,9 @@
 """Sending stored instances by C-STORE (C-MOVE and C-GET sub-operations): which presentation
-contexts to propose, how to send each instance over what the peer accepted, and the spool that
-streams an object from S3 to a file so that memory stays flat whatever the instance size.
+contexts to propose and how to send each instance over what the peer accepted. The objects come
+from S3 through ``edge.common.spool`` (read ahead of the send, memory bounded per association).
 
 An instance goes as stored when the peer accepted its transfer syntax: the data set's bytes of
-the spooled Part-10 file, unchanged, written to the association in PDU-sized pieces
+the spooled Part-10 object, unchanged, written to the association in PDU-sized pieces
 (``edge.common.direct``).
 Otherwise, if the peer accepted Explicit or Implicit VR Little Endian only: an uncompressed
 instance is re-encoded by pydicom, a compressed one decompressed by pydicom's pixel handlers
@@ -13,12 +13,10 @@ the reason, never something else sent in its place. Those two paths hold one ins
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
-import os
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -34,7 +32,8 @@ from pydicom.uid import (
 )
 from pynetdicom.presentation import PresentationContext, build_context
 
-from edge.common.direct import DirectSender, c_store_command
+from edge.common.direct import DirectSender, c_store_command, reactor_paused
+from edge.common.spool import IntegrityError, Spool, fetch, release_when_done
 from edge.common.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -136,31 +135,8 @@ def outcome_of(status: int | None) -> Outcome:
     return Outcome.FAILED
 
 
-class IntegrityError(Exception):
-    """The stored object does not hash to the SHA-256 the catalog holds for it."""
-
-
-@contextmanager
-def spooled(store: ObjectStore, instance: Instance, spool_dir: Path | None) -> Iterator[Path]:
-    """The object in a temporary file, streamed from S3 in 1 MiB chunks and checked against the
-    catalog's SHA-256; the file is removed on exit."""
-    fd, name = tempfile.mkstemp(prefix="edge-out-", suffix=".dcm", dir=spool_dir)
-    path = Path(name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f:
-            for chunk in store.iter_chunks(instance.object_key):
-                digest.update(chunk)
-                f.write(chunk)
-        if digest.hexdigest() != instance.sha256:
-            raise IntegrityError(f"{instance.object_key} does not match its catalogued SHA-256")
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _decoded(path: Path, route: Route) -> Any:
-    ds = dcmread(path)
+def _decoded(spool: Spool, route: Route) -> Any:
+    ds = dcmread(io.BytesIO(spool.read()))
     if route is Route.DECOMPRESS:
         # The instance keeps its SOP Instance UID: it is the same image, sent in another
         # encoding (pydicom 3 would otherwise mint a new one).
@@ -171,10 +147,10 @@ def _decoded(path: Path, route: Route) -> Any:
 
 
 def _send_as_stored(
-    assoc: Any, path: Path, instance: Instance, kwargs: dict[str, Any]
+    assoc: Any, spool: Spool, instance: Instance, kwargs: dict[str, Any]
 ) -> Any | None:
     """The stored bytes written straight to the association (``direct``): the data set after
-    the file's meta, unchanged. None when the file's meta cannot be skipped there, and the caller
+    the object's meta, unchanged. None when the meta cannot be skipped there, and the caller
     sends it through pynetdicom."""
     context = assoc._get_valid_context(instance.sop_class, instance.transfer_syntax, "scu")
     command = c_store_command(
@@ -184,7 +160,11 @@ def _send_as_stored(
         originator_aet=kwargs.get("originator_aet"),
         originator_id=kwargs.get("originator_id"),
     )
-    return DirectSender(assoc).c_store_file(path, int(context.context_id), command)
+    sender = DirectSender(assoc)
+    if spool.data is not None:
+        return sender.c_store_bytes(spool.data, int(context.context_id), command)
+    assert spool.path is not None
+    return sender.c_store_file(spool.path, int(context.context_id), command)
 
 
 def send_instance(
@@ -196,28 +176,38 @@ def send_instance(
     msg_id: int = 1,
     originator_aet: str | None = None,
     originator_id: int | None = None,
+    fetched: Future[Spool] | None = None,
 ) -> SubResult:
-    """One C-STORE sub-operation over the established ``assoc``; never raises."""
+    """One C-STORE sub-operation over the established ``assoc``; never raises. ``fetched``:
+    the object's read already under way (``spool.ReadAhead``); else it is read here. The spool
+    is released either way."""
     accepted = [
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
     ]
     route = choose_route(accepted, instance)
     if route is None:
+        if fetched is not None:
+            fetched.add_done_callback(release_when_done)
         return SubResult(instance.sop, Outcome.FAILED, None, "no presentation context accepted")
     kwargs: dict[str, Any] = {"msg_id": msg_id}
     if originator_aet:
         kwargs.update(originator_aet=originator_aet, originator_id=originator_id)
+    spool: Spool | None = None
     try:
-        with spooled(store, instance, spool_dir) as path:
-            answer = None
+        spool = fetched.result() if fetched is not None else fetch(store, instance, spool_dir)
+        answer = None
+        if route is Route.AS_STORED:
+            answer = _send_as_stored(assoc, spool, instance, kwargs)
+        if answer is None:
+            # An object whose meta cannot be skipped (no group length), or a re-encoding: the
+            # data set in memory, through pynetdicom. (Not pynetdicom's chunked sending from
+            # a file: that is a process-wide switch, and it would change how every other
+            # C-STORE of this process is sent.)
             if route is Route.AS_STORED:
-                answer = _send_as_stored(assoc, path, instance, kwargs)
-            if answer is None:
-                # A file whose meta cannot be skipped (no group length), or a re-encoding: the
-                # data set in memory, through pynetdicom. (Not pynetdicom's chunked sending from
-                # the file: that is a process-wide switch, and it would change how every other
-                # C-STORE of this process is sent.)
-                dataset = dcmread(path) if route is Route.AS_STORED else _decoded(path, route)
+                dataset = dcmread(io.BytesIO(spool.read()))
+            else:
+                dataset = _decoded(spool, route)
+            with reactor_paused(assoc):  # pynetdicom's own pause can lose the response
                 answer = assoc.send_c_store(dataset, **kwargs)
     except IntegrityError as exc:
         log.error("sub-operation for %s: %s", instance.sop, exc)
@@ -228,6 +218,9 @@ def send_instance(
         )
         reason = "cannot decompress" if route is Route.DECOMPRESS else type(exc).__name__
         return SubResult(instance.sop, Outcome.FAILED, None, reason, route=route)
+    finally:
+        if spool is not None:
+            spool.release()
     status = int(answer.Status) if "Status" in answer else None
     reason = "" if status is not None else "no C-STORE response"
     return SubResult(instance.sop, outcome_of(status), status, reason, instance.size, route)

@@ -1,8 +1,8 @@
 """C-GET (PS3.4 C.4.3): the matches come from the retrieval service (``retrieval.locate``, page by
 page), and each instance goes back over the requesting association as a C-STORE sub-operation
-(the requester took the SCP role for its storage SOP classes, PS3.7 D.3.3.4), streamed from S3
-through a spool file: memory stays flat whatever the study size. C-CANCEL stops it between two
-sub-operations with 0xFE00.
+(the requester took the SCP role for its storage SOP classes, PS3.7 D.3.3.4), its object read
+from S3 while the one before is sent (``spool.ReadAhead``, a few objects at most): memory stays
+flat whatever the study size. C-CANCEL stops it between two sub-operations with 0xFE00.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,10 +22,12 @@ from pynetdicom.dimse_primitives import C_GET
 
 from edge.common.audit import Auditor
 from edge.common.outbound import Instance, Outcome, send_instance
+from edge.common.spool import DEFAULT_DEPTH, ReadAhead, fetch
 from edge.common.store import ObjectStore
 from edge.common.suboperations import (
     MAX_SUBOPERATIONS,
     UNABLE_TO_CALCULATE,
+    Pacer,
     Progress,
 )
 from edge.listener.auditing import STUDY_INSTANCE_UID, peer, retrieved, values
@@ -58,6 +62,9 @@ class GetDeps:
     store: ObjectStore
     spool_dir: Path | None = None
     audit: Auditor | None = None
+    # Threads reading objects ahead of the send (None: a pool of each C-GET's own).
+    readers: Executor | None = None
+    read_ahead: int = DEFAULT_DEPTH
 
 
 def _locate_error(error: dict[str, Any]) -> RetrieveResponse:
@@ -94,30 +101,64 @@ def _response(reply: dict[str, Any]) -> RetrieveResponse:
 def get_responses(
     event: evt.Event, deps: GetDeps, sent: collections.Counter[str] | None = None
 ) -> Iterator[RetrieveResponse]:
-    """The responses to one C-GET: a pending after each sub-operation, then the final one.
-    ``sent`` counts the instances sent by SOP class (for the audit trail)."""
+    """The responses to one C-GET: pendings as sub-operations complete (paced), then the final
+    one. ``sent`` counts the instances sent by SOP class (for the audit trail)."""
     request = retrieve_request(event, "get", GET_MODELS)
     if isinstance(request, RetrieveResponse):
         yield request
         return
     payload: dict[str, Any] = {**request, "limit": PAGE}
-    command = cast(C_GET, event.request)
     found = matches(payload, deps.locate)
     if isinstance(found, RetrieveResponse):
         yield found
         return
     progress = Progress(total=len(found))
+    own = None if deps.readers is not None else ThreadPoolExecutor(max(1, deps.read_ahead))
+    ahead = ReadAhead(
+        _taker(found),
+        partial(fetch, deps.store, spool_dir=deps.spool_dir),
+        deps.readers or own,  # type: ignore[arg-type]
+        deps.read_ahead,
+    )
+    try:
+        yield from _sub_operations(event, deps, ahead, progress, sent)
+    finally:
+        ahead.close()
+        if own is not None:
+            own.shutdown(wait=False, cancel_futures=True)
+
+
+def _taker(found: list[Instance]) -> Callable[[], Instance | None]:
+    items = iter(found)
+    return lambda: next(items, None)
+
+
+def _sub_operations(
+    event: evt.Event,
+    deps: GetDeps,
+    ahead: ReadAhead,
+    progress: Progress,
+    sent: collections.Counter[str] | None,
+) -> Iterator[RetrieveResponse]:
+    command = cast(C_GET, event.request)
     base_id = int(command.MessageID or 0)
-    for n, instance in enumerate(found, start=1):
+    pacer = Pacer()
+    n = 0
+    while True:
         if event.is_cancelled:
             yield _response(progress.final(cancelled=True, reached=True))
             return
+        item = ahead.next()
+        if item is None:
+            break
+        instance, fetched = item
+        n += 1
         result = send_instance(
             event.assoc,
             deps.store,
             instance,
-            spool_dir=deps.spool_dir,
             msg_id=(base_id + n - 1) % 65535 + 1,
+            fetched=fetched,
         )
         progress.add(result)
         if sent is not None and result.outcome is not Outcome.FAILED:
@@ -127,7 +168,7 @@ def get_responses(
             log.warning("C-GET sub-operation for %s failed: %s", result.sop, result.reason)
         if not event.assoc.is_established:
             return  # the requester went away
-        if progress.remaining:
+        if progress.remaining and pacer.due():
             yield _response(progress.pending())
     yield _response(progress.final(cancelled=False, reached=True))
 

@@ -31,6 +31,7 @@ from edge.common.suboperations import (
     UNABLE_TO_CALCULATE,
     UNABLE_TO_PERFORM,
     UNABLE_TO_PROCESS,
+    Pacer,
     Progress,
     refusal,
 )
@@ -173,6 +174,7 @@ class MoveHandler:
         running = loop.run_in_executor(None, transfer.run)
         watch = asyncio.create_task(cancelled.wait())
         getter: asyncio.Task[SubResult] | None = None
+        pacer = Pacer()
         try:
             while True:
                 if getter is None:
@@ -189,7 +191,7 @@ class MoveHandler:
                     SUBOPERATIONS.labels(result.outcome.value).inc()
                     if result.outcome is not Outcome.FAILED:
                         MOVE_BYTES.inc(result.size)
-                    if progress.remaining:
+                    if progress.remaining and pacer.due():
                         yield progress.pending()
                 elif running.done() and results.empty():
                     break
@@ -232,4 +234,5 @@ class MoveHandler:
             report=lambda result: loop.call_soon_threadsafe(results.put_nowait, result),
             cancelled=stop,
             tls_context=self.tls_context,
+            read_ahead=s.move_read_ahead,
         )

@@ -28,6 +28,9 @@ class RetrievalSettings(CommonSettings):
     max_moves: int = 8
     # Associations opened in parallel to one destination for one C-MOVE.
     move_associations: int = 2
+    # Objects read from S3 ahead of the one being sent, per association (each in memory up to
+    # 4 MiB, else in a spool file): S3 reads overlap the sends; memory stays bounded.
+    move_read_ahead: int = 2
     # Largest PDU we accept on the destination association (the destination picks its own).
     move_max_pdu_size: int = 1 << 20
     # DICOM TLS towards a destination registered with TLS required: its certificate is verified

@@ -1,5 +1,7 @@
 """C-MOVE's sub-operations: several associations to one destination, each taking the next
-instance from a shared queue, spooling it from S3 and sending it by C-STORE (``outbound``).
+instance from a shared queue and sending it by C-STORE (``outbound``) while the next few are
+read from S3 on reader threads (``spool.ReadAhead``: at most ``read_ahead`` objects beyond the
+one on the wire, per association).
 
 Blocking code for threads. A destination that is down fails fast (connect, ACSE and DIMSE
 timeouts; one attempt to re-associate after a lost association); what no association is left
@@ -14,7 +16,9 @@ import queue
 import ssl
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from pynetdicom import AE
 
 from edge.common.dimse import NODELAY_HANDLER
 from edge.common.outbound import Instance, Outcome, SubResult, proposed_contexts, send_instance
+from edge.common.spool import DEFAULT_DEPTH, ReadAhead, fetch
 from edge.common.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ class Transfer:
         report: Callable[[SubResult], None],
         cancelled: threading.Event,
         tls_context: ssl.SSLContext | None = None,
+        read_ahead: int = DEFAULT_DEPTH,
     ) -> None:
         self.destination = destination
         self.tls_context = tls_context
@@ -84,20 +90,36 @@ class Transfer:
         self._ae.network_timeout = timeouts.network
         self._ae.maximum_pdu_size = max_pdu_size
         self._contexts = proposed_contexts(instances)
+        self._read_ahead = max(0, read_ahead)
+        self._readers: ThreadPoolExecutor | None = None
 
     def run(self) -> None:
         threads = [
             threading.Thread(target=self._work, name=f"move-{i}", daemon=True)
             for i in range(self._workers)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        self._readers = ThreadPoolExecutor(
+            max(1, self._workers * self._read_ahead), thread_name_prefix="move-read"
+        )
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            self._readers.shutdown(wait=False, cancel_futures=True)
         if not self.cancelled.is_set():
             reason = "destination unreachable"
             for instance in self._drain():
                 self.report(SubResult(instance.sop, Outcome.FAILED, None, reason))
+
+    def _take(self) -> Instance | None:
+        if self.cancelled.is_set():
+            return None
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
 
     def _drain(self) -> list[Instance]:
         left = []
@@ -142,22 +164,31 @@ class Transfer:
 
     def _work(self) -> None:
         assoc = self._associate()
+        if assoc is None:
+            return
+        assert self._readers is not None
+        ahead = ReadAhead(
+            self._take,
+            partial(fetch, self.store, spool_dir=self.spool_dir),
+            self._readers,
+            self._read_ahead,
+        )
         retried = False
         try:
             while assoc is not None and not self.cancelled.is_set():
-                try:
-                    instance = self._queue.get_nowait()
-                except queue.Empty:
+                item = ahead.next()
+                if item is None:
                     return
+                instance, fetched = item
                 aet, message_id = self.originator or (None, None)
                 result = send_instance(
                     assoc,
                     self.store,
                     instance,
-                    spool_dir=self.spool_dir,
                     msg_id=self._next_msg_id(),
                     originator_aet=aet,
                     originator_id=message_id,
+                    fetched=fetched,
                 )
                 self.report(result)
                 if not assoc.is_established:
@@ -168,5 +199,9 @@ class Transfer:
                     retried = True
                     assoc = self._associate()
         finally:
+            # Read ahead but never sent: back to the queue, for another association or, when
+            # none is left, reported failed by run() (on cancel they stay remaining).
+            for instance in ahead.close():
+                self._queue.put(instance)
             if assoc is not None and assoc.is_established:
                 assoc.release()

@@ -3,6 +3,8 @@ PDUs that pynetdicom's own decoder reads back as the same message."""
 
 from __future__ import annotations
 
+import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from pynetdicom import _config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.pdu import P_DATA_TF
 
-from edge.common.direct import _pdu, c_store_command, data_set_offset
+from edge.common.direct import _pdu, c_store_command, data_set_offset, reactor_paused
 
 
 def test_c_store_command_set() -> None:
@@ -68,3 +70,63 @@ def test_pdus_decode_as_one_c_store_request(monkeypatch: pytest.MonkeyPatch) -> 
     req = message.message_to_primitive()
     assert (req.MessageID, req.AffectedSOPInstanceUID) == (3, "1.2.3")
     assert req.DataSet.getvalue() == data
+
+
+class _Reactor(threading.Thread):
+    """pynetdicom's association reactor loop as ``Association._run_reactor`` writes it: a flag
+    set before the checkpoint's wait and cleared after, then the DIMSE queue read. It counts the
+    turns that read the queue while a sender held it paused."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._reactor_checkpoint = threading.Event()
+        self._reactor_checkpoint.set()
+        self._is_paused = False
+        self._kill = False
+        self.sending = False
+        self.stolen = 0
+        self.turns = 0
+
+    def run(self) -> None:
+        while not self._kill:
+            time.sleep(0.00005)
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            self.turns += 1
+            if self.sending:  # here pynetdicom would take the sender's response
+                self.stolen += 1
+
+
+def test_a_paused_reactor_never_reads_during_back_to_back_sends() -> None:
+    reactor = _Reactor()
+    reactor.start()
+    try:
+        for n in range(400):  # one pause right after another, as a C-MOVE sends from memory
+            if n % 20 == 0:
+                time.sleep(0.002)  # now and then a pause between two sends: the reactor runs
+            with reactor_paused(reactor):
+                reactor.sending = True
+                time.sleep(0.0002)  # the send and the wait for its response
+                reactor.sending = False
+        assert reactor.turns > 0
+        assert reactor.stolen == 0
+    finally:
+        reactor._kill = True
+        reactor._reactor_checkpoint.set()
+        reactor.join(5)
+
+
+def test_the_reactor_itself_pauses_without_waiting_for_itself() -> None:
+    seen: list[bool] = []
+
+    class Serving(_Reactor):
+        def run(self) -> None:  # a handler running in the reactor's thread sends
+            with reactor_paused(self):
+                seen.append(self._reactor_checkpoint.is_set())
+
+    reactor = Serving()
+    reactor.start()
+    reactor.join(5)
+    assert seen == [False]
+    assert reactor._reactor_checkpoint.is_set()
