@@ -15,10 +15,10 @@ runs each client ``--runs`` times:
   written to a file as it arrives (``bench/retrieve_wado.py`` has more on WADO-RS alone: a curl
   client and the S3 server's own ceiling).
 
-Reports per run: MB/s and instances/s from the start of the client to its exit, and the peak RSS
-of the listener and the retrieval service (each with its children) sampled every 50 ms. A client
-is a function in ``CLIENTS``: add one (WADO-RS, ...) by writing it and naming it there. Exit
-status 1 if a run did not deliver every instance.
+Reports per run: MB/s and instances/s from the start of the client to its exit, the client's CPU
+seconds (is the client the limit?), and the peak RSS of the listener and the retrieval service
+(each with its children) sampled every 50 ms. A client is a function in ``CLIENTS``: add one by
+writing it and naming it there. Exit status 1 if a run did not deliver every instance.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -135,9 +136,8 @@ async def _wado(ctx: Context) -> None:
     ):
         response.raise_for_status()
         _, params = parse_media_type(response.headers["content-type"])
-        parts = read_parts(
-            response.aiter_raw(1 << 20), boundary_of(params), spool_dir=str(ctx.out_dir)
-        )
+        # Each read as it comes (64 KiB): a chunk size would join the reads into new buffers.
+        parts = read_parts(response.aiter_raw(), boundary_of(params), spool_dir=str(ctx.out_dir))
         number = 0
         async for part in parts:
             number += 1
@@ -189,15 +189,27 @@ def _wait_port(port: int) -> None:
     raise RuntimeError(f"storescp not listening on {port}")
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (an in-process client, the RSS sampler's thread) and of its
+    waited-for children (a DCMTK client)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure(client: Client, ctx: Context, expected: int, total_bytes: int) -> dict[str, float]:
     shutil.rmtree(ctx.out_dir, ignore_errors=True)
     ctx.out_dir.mkdir(parents=True)
     processes = {s: service_process(ctx.suite, s) for s in ("listener", "retrieval")}
     sampler = RssSampler(processes, interval=0.05)
     sampler.start()
+    before = _cpu_seconds()
     started = time.perf_counter()
     client(ctx)
     elapsed = time.perf_counter() - started
+    client_cpu = _cpu_seconds() - before
     peak = sampler.stop()
     received = sum(1 for p in ctx.out_dir.rglob("*") if p.is_file())
     return {
@@ -206,6 +218,7 @@ def measure(client: Client, ctx: Context, expected: int, total_bytes: int) -> di
         "seconds": elapsed,
         "mb_s": total_bytes / MB / elapsed,
         "instances_s": expected / elapsed,
+        "client_cpu_s": client_cpu,
         "listener_rss_mb": peak["listener"] / 2**20,
         "retrieval_rss_mb": peak["retrieval"] / 2**20,
     }
@@ -277,14 +290,15 @@ def main(argv: list[str] | None = None) -> int:
 
     each = total_bytes / count / MB
     print(f"study: {count} instances, {total_bytes / MB:.1f} MB ({each:.2f} MB each)")
-    header = ("client", "run", "MB/s", "inst/s", "s", "listener MB", "retrieval MB")
-    print("{:<8} {:>3} {:>8} {:>8} {:>7} {:>12} {:>13}".format(*header))
+    header = ("client", "run", "MB/s", "inst/s", "s", "client CPU s", "listener MB", "retrieval MB")
+    print("{:<8} {:>3} {:>8} {:>8} {:>7} {:>12} {:>12} {:>13}".format(*header))
     ok = True
     for name, runs in results.items():
         for n, r in enumerate(runs, start=1):
             ok = ok and bool(r["complete"])
             print(
                 f"{name:<8} {n:>3} {r['mb_s']:>8.1f} {r['instances_s']:>8.1f} {r['seconds']:>7.2f}"
+                f" {r['client_cpu_s']:>12.2f}"
                 f" {r['listener_rss_mb']:>12.0f} {r['retrieval_rss_mb']:>13.0f}"
                 + ("" if r["complete"] else f"  INCOMPLETE ({int(r['instances'])})")
             )
