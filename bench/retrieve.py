@@ -1,7 +1,8 @@
 """Retrieval benchmark: one study retrieved whole by each client, over and over.
 
     python bench/retrieve.py [--series 2] [--per-series 100] [--size 512] [--runs 3]
-                             [--clients move,get,wado] [--associations 2] [--json out.json]
+                             [--clients move,get,wado] [--associations 2] [--wado-prefetch 16]
+                             [--json out.json]
 
 Starts its own suite (``DevSuite``: every service and a SeaweedFS S3 server on private ports,
 as ``make run`` does), stores a study of ``series * per_series`` CT instances of ``size`` x
@@ -15,10 +16,10 @@ runs each client ``--runs`` times:
   written to a file as it arrives (``bench/retrieve_wado.py`` has more on WADO-RS alone: a curl
   client and the S3 server's own ceiling).
 
-Reports per run: MB/s and instances/s from the start of the client to its exit, and the peak RSS
-of the listener and the retrieval service (each with its children) sampled every 50 ms. A client
-is a function in ``CLIENTS``: add one (WADO-RS, ...) by writing it and naming it there. Exit
-status 1 if a run did not deliver every instance.
+Reports per run: MB/s and instances/s from the start of the client to its exit, the client's CPU
+seconds (is the client the limit?), and the peak RSS of the listener and the retrieval service
+(each with its children) sampled every 50 ms. A client is a function in ``CLIENTS``: add one by
+writing it and naming it there. Exit status 1 if a run did not deliver every instance.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,27 +123,35 @@ def get_client(ctx: Context) -> None:
 def wado_client(ctx: Context) -> None:
     """WADO-RS: ``GET /dicom-web/studies/{study}`` as stored (``transfer-syntax=*``), the
     multipart body read as a stream and each part written to ``out_dir`` as it completes."""
-    asyncio.run(_wado(ctx))
-
-
-async def _wado(ctx: Context) -> None:
     url = f"http://127.0.0.1:{ctx.suite.http_port}/dicom-web/studies/{ctx.study_uid}"
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    async with (
-        httpx.AsyncClient(timeout=300) as http,
+    # httpx's blocking client: its async one (an anyio stream and a cancel scope per 64 KiB
+    # read) took half as much CPU again per study, on cores the client shares with the suite.
+    with (
+        httpx.Client(timeout=300) as http,
         http.stream(
             "GET", url, headers={"accept": accept, **ctx.suite.auth_headers("radiologist")}
         ) as response,
     ):
         response.raise_for_status()
         _, params = parse_media_type(response.headers["content-type"])
-        parts = read_parts(
-            response.aiter_raw(1 << 20), boundary_of(params), spool_dir=str(ctx.out_dir)
-        )
-        number = 0
-        async for part in parts:
-            number += 1
-            os.replace(part.path, ctx.out_dir / f"{number:05d}.dcm")
+        # Each read as it comes: a chunk size would join the reads into new buffers.
+        asyncio.run(_save_parts(response.iter_raw(), boundary_of(params), ctx.out_dir))
+
+
+async def _save_parts(chunks: Iterator[bytes], boundary: bytes, out_dir: Path) -> None:
+    """Each part of the body in ``chunks`` to a file of ``out_dir`` (the listener's own
+    multipart reader, which takes an async iterator: the reads block, there is nothing else
+    to do while they wait)."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    number = 0
+    async for part in read_parts(pieces(), boundary, spool_dir=str(out_dir)):
+        number += 1
+        os.replace(part.path, out_dir / f"{number:05d}.dcm")
 
 
 CLIENTS: dict[str, Client] = {"move": move_client, "get": get_client, "wado": wado_client}
@@ -189,16 +199,28 @@ def _wait_port(port: int) -> None:
     raise RuntimeError(f"storescp not listening on {port}")
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (an in-process client) and of its waited-for children (a
+    DCMTK client)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure(client: Client, ctx: Context, expected: int, total_bytes: int) -> dict[str, float]:
     shutil.rmtree(ctx.out_dir, ignore_errors=True)
     ctx.out_dir.mkdir(parents=True)
     processes = {s: service_process(ctx.suite, s) for s in ("listener", "retrieval")}
     sampler = RssSampler(processes, interval=0.05)
     sampler.start()
+    before = _cpu_seconds()
     started = time.perf_counter()
     client(ctx)
     elapsed = time.perf_counter() - started
     peak = sampler.stop()
+    client_cpu = _cpu_seconds() - before - sampler.cpu_seconds
     received = sum(1 for p in ctx.out_dir.rglob("*") if p.is_file())
     return {
         "instances": received,
@@ -206,6 +228,7 @@ def measure(client: Client, ctx: Context, expected: int, total_bytes: int) -> di
         "seconds": elapsed,
         "mb_s": total_bytes / MB / elapsed,
         "instances_s": expected / elapsed,
+        "client_cpu_s": client_cpu,
         "listener_rss_mb": peak["listener"] / 2**20,
         "retrieval_rss_mb": peak["retrieval"] / 2**20,
     }
@@ -219,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--associations", type=int, default=None, help="EDGE_MOVE_ASSOCIATIONS")
+    parser.add_argument("--wado-prefetch", type=int, default=None, help="EDGE_WADO_PREFETCH")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
@@ -230,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     if args.associations is not None:
         extra["EDGE_MOVE_ASSOCIATIONS"] = str(args.associations)
+    if args.wado_prefetch is not None:
+        extra["EDGE_WADO_PREFETCH"] = str(args.wado_prefetch)
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="edge-bench-retrieve-") as tmp:
         work = Path(tmp)
@@ -257,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--allow", "store",
             )  # fmt: skip
             store(suite, files)
+            # The WADO-RS client's user and token made now, not in its first timed run (the
+            # password hashed here and checked by auth took ~1 s of a run).
+            suite.token("radiologist")
             storescp = subprocess.Popen(
                 [dcmtk("storescp"), "-aet", DESTINATION, "-od", str(dest_dir), str(dest_port)],
                 env=dcmtk_env(),
@@ -277,14 +306,15 @@ def main(argv: list[str] | None = None) -> int:
 
     each = total_bytes / count / MB
     print(f"study: {count} instances, {total_bytes / MB:.1f} MB ({each:.2f} MB each)")
-    header = ("client", "run", "MB/s", "inst/s", "s", "listener MB", "retrieval MB")
-    print("{:<8} {:>3} {:>8} {:>8} {:>7} {:>12} {:>13}".format(*header))
+    header = ("client", "run", "MB/s", "inst/s", "s", "client CPU s", "listener MB", "retrieval MB")
+    print("{:<8} {:>3} {:>8} {:>8} {:>7} {:>12} {:>12} {:>13}".format(*header))
     ok = True
     for name, runs in results.items():
         for n, r in enumerate(runs, start=1):
             ok = ok and bool(r["complete"])
             print(
                 f"{name:<8} {n:>3} {r['mb_s']:>8.1f} {r['instances_s']:>8.1f} {r['seconds']:>7.2f}"
+                f" {r['client_cpu_s']:>12.2f}"
                 f" {r['listener_rss_mb']:>12.0f} {r['retrieval_rss_mb']:>13.0f}"
                 + ("" if r["complete"] else f"  INCOMPLETE ({int(r['instances'])})")
             )

@@ -326,7 +326,11 @@ class ListenerService:
             return await self._rpc.call("retrieval.locate", payload, timeout=s.locate_timeout)
 
         wado = WadoDeps(
-            locate=locate, store=lambda: self.store, prefetch=s.wado_prefetch, readers=self._readers
+            locate=locate,
+            store=lambda: self.store,
+            prefetch=s.wado_prefetch,
+            prefetch_bytes=s.wado_prefetch_bytes,
+            readers=self._readers,
         )
         return [
             *qido_routes(find, ae_title=s.ae_title, max_limit=s.qido_max_limit, audit=self.auditor),

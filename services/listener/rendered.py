@@ -1,9 +1,10 @@
 """Rendered study and series (PS3.18 10.4.1.1.7): every frame of every instance with pixel data,
 rendered as in ``/instances/{sop}/rendered`` (window, viewport, quality), one
-``multipart/related`` part each, in the catalog's order. Objects are fetched a few ahead
-(``EDGE_WADO_PREFETCH``) and rendered one frame at a time on a worker thread: memory holds those
-few objects and one image, whatever the study's size. Instances without pixel data, or whose
-pixel data cannot be decoded here, are left out; a study with nothing to render is 404.
+``multipart/related`` part each, in the catalog's order. Objects are fetched ahead
+(``EDGE_WADO_PREFETCH`` objects, at most ``EDGE_WADO_PREFETCH_BYTES``) and rendered one frame at
+a time on a worker thread: memory holds that window and one image, whatever the study's size.
+Instances without pixel data, or whose pixel data cannot be decoded here, are left out; a study
+with nothing to render is 404.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from starlette.responses import Response, StreamingResponse
 from edge.listener import pixels
 from edge.listener.multipart import closing, new_boundary, part_head, related
 from edge.listener.negotiate import NotAcceptable, rendered_parts_type
-from edge.listener.wado import HttpProblem, Located, WadoDeps, _render_params, _started, fetch
+from edge.listener.wado import (
+    HttpProblem,
+    Located,
+    WadoDeps,
+    _render_params,
+    _started,
+    fetch,
+    window_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +37,17 @@ log = logging.getLogger(__name__)
 async def _fetched(
     deps: WadoDeps, located: Located
 ) -> AsyncIterator[tuple[dict[str, Any], asyncio.Task[bytes]]]:
-    """Each instance with its object's fetch, ``deps.prefetch`` of them under way ahead."""
+    """Each instance with its object's fetch, the window of ``window_full`` under way ahead."""
     pending: deque[tuple[dict[str, Any], asyncio.Task[bytes]]] = deque()
+    held = 0
     try:
         async for instance in located:
             pending.append((instance, asyncio.create_task(fetch(deps, instance))))
-            while len(pending) > deps.prefetch:
-                yield pending.popleft()
+            held += int(instance["size"])
+            while window_full(deps, len(pending), held):
+                oldest = pending.popleft()
+                held -= int(oldest[0]["size"])
+                yield oldest
         while pending:
             yield pending.popleft()
     finally:

@@ -41,10 +41,11 @@ class ListenerSettings(CommonSettings):
     # find_timeout.
     qido_max_limit: int = 1000
     # WADO-RS/WADO-URI: seconds one retrieval.locate page may take, and how many objects a
-    # study or series retrieval fetches from S3 ahead of the one it is sending (memory: that
-    # many instances).
+    # study or series retrieval fetches from S3 ahead of the one it is sending, holding at most
+    # wado_prefetch_bytes of them (beyond the first): the memory one retrieval takes.
     locate_timeout: float = 15.0
-    wado_prefetch: int = 4
+    wado_prefetch: int = 16
+    wado_prefetch_bytes: int = 32 << 20
     # C-MOVE: seconds to wait for each reply of the retrieval service (one after a sub-operation
     # at most every 0.2 s, so above its connect + ACSE + DIMSE timeouts towards a destination),
     # else 0xA702.

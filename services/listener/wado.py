@@ -2,10 +2,11 @@
 
 The listener keeps no catalog: the ``retrieval.locate`` RPC says which instances a request names
 and where their bytes are (page by page), and the bytes come straight from S3. Study and series
-retrieval stream one instance after another as ``multipart/related`` parts, with a few objects
-fetched ahead (``EDGE_WADO_PREFETCH``) so S3's latency overlaps the sending; nothing holds more
-than those few instances in memory. Metadata comes from the catalog's header (DICOM JSON without
-bulk data) with absolute BulkDataURIs; frames, bulk data and rendered images read one instance.
+retrieval stream one instance after another as ``multipart/related`` parts, with objects fetched
+ahead (``EDGE_WADO_PREFETCH`` objects, at most ``EDGE_WADO_PREFETCH_BYTES`` of them) so S3's
+latency overlaps the sending; nothing holds more than that window in memory. Metadata comes from
+the catalog's header (DICOM JSON without bulk data) with absolute BulkDataURIs; frames, bulk data
+and rendered images read one instance.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class WadoDeps:
     locate: Locate
     store: Callable[[], ObjectStore | None]  # the listener's store, once it has started
     page: int = 500  # instances per retrieval.locate page
-    prefetch: int = 4  # objects fetched ahead of the one being sent
+    prefetch: int = 16  # objects fetched ahead of the one being sent
+    # ... and, beyond the first of them, at most this many bytes (their stored sizes)
+    prefetch_bytes: int = 32 << 20
     # Threads for S3 reads, so retrievals neither wait behind nor starve the default executor
     # (STOW-RS, pixel work); None: the default executor.
     readers: Executor | None = None
@@ -168,6 +171,19 @@ class Located:
                 yield instance
 
 
+def window_full(deps: WadoDeps, count: int, held: int) -> bool:
+    """Whether ``count`` fetches under way, holding ``held`` bytes, are as many as one
+    retrieval may have: ``deps.prefetch`` objects, or ``deps.prefetch_bytes`` (one object
+    always goes, however large), so memory is bounded by the window, not by the study."""
+    return count > deps.prefetch or (count > 1 and held > deps.prefetch_bytes)
+
+
+def held_size(instance: dict[str, Any], syntax: str) -> int:
+    """Bytes a fetch ahead holds: the whole object, except one streamed at its turn."""
+    size = int(instance["size"])
+    return 0 if syntax == instance["transfer_syntax"] and size > WHOLE_OBJECT_LIMIT else size
+
+
 def _store(deps: WadoDeps) -> ObjectStore:
     store = deps.store()
     if store is None:
@@ -193,7 +209,7 @@ async def fetch(deps: WadoDeps, instance: dict[str, Any]) -> bytes:
 
 async def _fetch_for(deps: WadoDeps, instance: dict[str, Any], syntax: str) -> bytes | None:
     """The object as ``syntax``; None for a large object sent as stored (streamed instead)."""
-    if syntax == instance["transfer_syntax"] and int(instance["size"]) > WHOLE_OBJECT_LIMIT:
+    if not held_size(instance, syntax):
         return None
     data = await fetch(deps, instance)
     if syntax != instance["transfer_syntax"]:
@@ -205,8 +221,9 @@ async def _dicom_body(
     deps: WadoDeps, located: Located, options: list[str], boundary: str
 ) -> AsyncIterator[bytes]:
     """The multipart body: each deliverable instance as an ``application/dicom`` part, in the
-    catalog's order, with up to ``deps.prefetch`` objects in flight ahead of the one sent."""
+    catalog's order, with the window of :func:`window_full` in flight ahead of the one sent."""
     pending: deque[tuple[dict[str, Any], str, asyncio.Task[bytes | None]]] = deque()
+    held = 0  # bytes the pending fetches hold or will
     first = True
 
     async def send(instance: dict[str, Any], syntax: str, task: asyncio.Task[bytes | None]):  # type: ignore[no-untyped-def]
@@ -242,8 +259,11 @@ async def _dicom_body(
                 continue
             task = asyncio.create_task(_fetch_for(deps, instance, syntax))
             pending.append((instance, syntax, task))
-            while len(pending) > deps.prefetch:
-                async for piece in send(*pending.popleft()):
+            held += held_size(instance, syntax)
+            while window_full(deps, len(pending), held):
+                oldest = pending.popleft()
+                held -= held_size(oldest[0], oldest[1])
+                async for piece in send(*oldest):
                     yield piece
         while pending:
             async for piece in send(*pending.popleft()):

@@ -178,8 +178,9 @@ class Catalog:
         more = start + payload["limit"] < len(found)
         return {"instances": page, "next": start + payload["limit"] if more else None}
 
-    async def get(self, url: str, accept: str | None = None) -> httpx.Response:
-        deps = WadoDeps(locate=self.locate, store=lambda: self.store, page=2, prefetch=2)
+    async def get(self, url: str, accept: str | None = None, **options: Any) -> httpx.Response:
+        options = {"page": 2, "prefetch": 2} | options
+        deps = WadoDeps(locate=self.locate, store=lambda: self.store, **options)
         transport = httpx.ASGITransport(app=Starlette(routes=wado_routes(deps)))
         headers = {"accept": accept} if accept else {}
         async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
@@ -390,3 +391,43 @@ async def test_a_large_object_is_streamed_in_chunks_not_fetched_whole(
     response = await catalog.get(f"/dicom-web/studies/{study_uid}", ACCEPT_ANY)
     assert [d for _, d in split_multipart(response)] == datas
     assert whole_reads == []
+
+
+async def test_the_read_ahead_window_is_bounded_by_bytes_as_well_as_by_objects(
+    study: tuple[Catalog, str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.listener.wado as wado
+
+    catalog, study_uid, datas = study
+    events: list[str] = []
+    fetch, part_head = wado.fetch, wado.part_head
+
+    async def counted_fetch(*args: Any) -> bytes:
+        events.append("fetch")
+        return await fetch(*args)
+
+    def counted_part_head(*args: Any) -> bytes:
+        events.append("part")
+        return part_head(*args)
+
+    monkeypatch.setattr(wado, "fetch", counted_fetch)
+    monkeypatch.setattr(wado, "part_head", counted_part_head)
+
+    def most_ahead() -> int:
+        """The most objects fetched beyond the parts sent, when a part starts."""
+        fetched = sent = ahead = 0
+        for event in events:
+            fetched += event == "fetch"
+            sent += event == "part"
+            ahead = max(ahead, fetched - sent) if event == "part" else ahead
+        return ahead
+
+    largest = max(len(d) for d in datas)
+    url = f"/dicom-web/studies/{study_uid}"
+    bounded = await catalog.get(url, ACCEPT_ANY, prefetch=16, prefetch_bytes=largest)
+    assert [d for _, d in split_multipart(bounded)] == datas
+    assert most_ahead() == 1  # two objects exceed the bytes: one is sent, one is read ahead
+    events.clear()
+    by_count = await catalog.get(url, ACCEPT_ANY, prefetch=16)
+    assert [d for _, d in split_multipart(by_count)] == datas
+    assert most_ahead() == len(datas) - 1  # 32 MiB hold the whole small study
