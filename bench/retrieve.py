@@ -1,7 +1,8 @@
 """Retrieval benchmark: one study retrieved whole by each client, over and over.
 
     python bench/retrieve.py [--series 2] [--per-series 100] [--size 512] [--runs 3]
-                             [--clients move,get,wado] [--associations 2] [--wado-prefetch 16]
+                             [--clients move,get,wado] [--associations 2] [--read-ahead 2]
+                             [--wado-prefetch 16]
                              [--json out.json]
 
 Starts its own suite (``DevSuite``: every service and a SeaweedFS S3 server on private ports,
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--associations", type=int, default=None, help="EDGE_MOVE_ASSOCIATIONS")
+    parser.add_argument("--read-ahead", type=int, default=None, help="EDGE_MOVE_READ_AHEAD")
     parser.add_argument("--wado-prefetch", type=int, default=None, help="EDGE_WADO_PREFETCH")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -254,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {}
     if args.associations is not None:
         extra["EDGE_MOVE_ASSOCIATIONS"] = str(args.associations)
+    if args.read_ahead is not None:
+        extra["EDGE_MOVE_READ_AHEAD"] = str(args.read_ahead)
     if args.wado_prefetch is not None:
         extra["EDGE_WADO_PREFETCH"] = str(args.wado_prefetch)
     results: dict[str, list[dict[str, float]]] = {}

@@ -177,6 +177,7 @@ def checkpoint_of(assoc: Any) -> Checkpoint:
     return current
 
 
+RESPONSE_POLL = 0.0001  # seconds between the DUL's socket polls while a response is awaited
 PAUSE_TIMEOUT = 10.0  # seconds a pause waits for the reactor before giving up on it
 
 
@@ -221,6 +222,18 @@ class DirectSender:
         # One copy (the join); a memoryview, so that pynetdicom's loop over partial sends
         # slices without copying the rest again.
         self.socket.send(memoryview(b"".join(chunks)))  # type: ignore[arg-type]
+
+    def _response(self) -> tuple[int | None, Any]:
+        """The next DIMSE message, the DUL polling the socket every 0.1 ms meanwhile instead of
+        its idle 1 ms: the response to a C-STORE just written is all that is awaited, and
+        each 0.5 ms it would lie unread on average is ~10 % of a 0.5 MB sub-operation here."""
+        dul = self.assoc.dul
+        idle = dul._run_loop_delay
+        dul._run_loop_delay = RESPONSE_POLL
+        try:
+            return self.assoc.dimse.get_msg(block=True)  # type: ignore[no-any-return]
+        finally:
+            dul._run_loop_delay = idle
 
     def send_message(self, primitive: Any, context_id: int) -> None:
         """A response (e.g. a C-MOVE or C-GET pending) encoded by pynetdicom, written here."""
@@ -284,7 +297,7 @@ class DirectSender:
                     batch, pending = [], 0
                 if last:
                     break
-            _cx, rsp = assoc.dimse.get_msg(block=True)
+            _cx, rsp = self._response()
         if rsp is None:
             assoc._handle_no_response()
             return Dataset()
