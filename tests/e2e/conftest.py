@@ -149,9 +149,13 @@ class Client:
 def start_suite(tmp: Path, **options: Any) -> DevSuite:
     """A running suite with STORESCU registered; ``options`` go to :class:`DevSuite`."""
     suite = DevSuite(tmp, **options).start()
-    suite.edge(
-        "ae", "add", STORE_AE, "--host", "127.0.0.1", "--port", "11119", "--allow", "echo,store"
-    )
+    try:
+        suite.edge(
+            "ae", "add", STORE_AE, "--host", "127.0.0.1", "--port", "11119", "--allow", "echo,store"
+        )
+    except BaseException:
+        suite.stop()  # else its services outlive the run (the fixture never got to yield it)
+        raise
     return suite
 
 

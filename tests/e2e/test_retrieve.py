@@ -101,15 +101,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dest_port, slow_port, dead_port = free_ports(3)
     suite = start_suite(tmp_path_factory.mktemp("suite"))
     dest_dir = tmp_path_factory.mktemp("dest")
-    storescp = subprocess.Popen(
-        [dcmtk("storescp"), "-aet", DEST, "+B", "-od", str(dest_dir), str(dest_port)],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     slow_received: list[str] = []
-    slow = _slow_scp(slow_port, slow_received)
-    try:
+    storescp: subprocess.Popen[bytes] | None = None
+    slow = None
+    try:  # whatever fails from here on, the suite and both destinations are stopped
+        storescp = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", DEST, "+B", "-od", str(dest_dir), str(dest_port)],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        slow = _slow_scp(slow_port, slow_received)
         for title, port, allow, extra in (
             (RETRIEVER, 11130, "move,get", []),
             (NO_RETRIEVE, 11131, "store", []),
@@ -163,9 +165,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             slow_received,
         )
     finally:
-        storescp.terminate()
-        storescp.wait(10)
-        slow.shutdown()  # type: ignore[attr-defined]
+        if storescp is not None:
+            storescp.terminate()
+            storescp.wait(10)
+        if slow is not None:
+            slow.shutdown()
         suite.stop()
 
 
