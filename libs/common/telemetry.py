@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 from opentelemetry import trace
+from pynetdicom import _config as pynetdicom_config
 
 from edge.common.tracing import configure_tracing
 
@@ -49,8 +50,11 @@ def configure_telemetry(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs every PDU at INFO (and identifiers at DEBUG): keep it to warnings.
+    # pynetdicom logs every PDU at INFO (and identifiers at DEBUG): keep it to warnings. Its
+    # standard DIMSE handlers only ever log at those levels, yet format every message first
+    # (~7 % of the retrieval service's Python time in a C-MOVE): not bound at all.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     configure_tracing(service)
