@@ -49,7 +49,7 @@ FIND_MODELS: dict[str, str] = {
 PENDING = 0xFF00
 CANCELLED = 0xFE00
 PAGE = 100  # matches asked of the query service first: the first responses go out soon
-NEXT_PAGES = 500  # then at a time: fewer round trips and statements for a large answer
+NEXT_PAGES = 1000  # then at a time: fewer round trips and statements for a large answer
 
 C_FIND_SECONDS = Histogram(
     "edge_cfind_seconds",

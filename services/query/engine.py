@@ -409,19 +409,21 @@ class _Renderer:
             slots.pop(key, None)
         self.order = sorted([*slots, *constants])
         self.slots = slots
+        # What to do for each key, in key order: (key, column index, converter); index None
+        # for a header key (the converter is then its VR), -1 for a constant (the element).
+        self.program: list[tuple[str, int | None, Any]] = [
+            (key, -1, constants[key]) if key in constants else (key, *slots[key])
+            for key in self.order
+        ]
 
     def __call__(self, row: tuple[Any, ...]) -> dict[str, Any]:
         header: dict[str, Any] = (row[-1] or {}) if self.has_header else {}
         out: dict[str, Any] = {}
-        constants, slots = self.constants, self.slots
-        for key in self.order:
-            const = constants.get(key)
-            if const is not None:
-                out[key] = const
-                continue
-            index, how = slots[key]
+        for key, index, how in self.program:
             if index is None:
                 out[key] = header.get(key) or {"vr": how}
+            elif index < 0:
+                out[key] = how
             else:
                 out[key] = how(row[index])
         if self.include_all:
@@ -435,6 +437,8 @@ class _Renderer:
 
 def _text_of(vr: str) -> Any:
     def convert(value: Any) -> dict[str, Any]:
+        if type(value) is str and value:  # the common case first
+            return {"vr": vr, "Value": [value]}
         if value is None or value == "" or value == []:
             return {"vr": vr}
         if isinstance(value, list):
@@ -477,6 +481,8 @@ def _date(value: Any) -> dict[str, Any]:
 
 
 def _person_name(value: Any) -> dict[str, Any]:
+    if type(value) is str and value and "=" not in value and "\\" not in value:
+        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
     if value is None or value == "" or value == []:
         return {"vr": "PN"}
     return {"vr": "PN", "Value": [_pn_json(v) for v in str(value).split("\\")]}
