@@ -17,8 +17,9 @@ the catalog with a fixed seed); the name, modality and "all" queries have one va
 Clients, each measured on its own, one request at a time:
 
 - ``engine``: the query service's own handler (``QueryHandler``, its pool settings) called in
-  this process page by page as the listener calls it over RPC (pages of 100, up to the result
-  cap): server time without the broker. EXPLAIN (ANALYZE, BUFFERS) of each query's first page.
+  this process page by page as the listener calls it over RPC for a C-FIND (a page of 100, then
+  pages of 1,000, up to the result cap; the identifiers encoded): server time without the
+  broker. EXPLAIN (ANALYZE, BUFFERS) of each query's first page.
 - ``cfind``: pynetdicom C-FIND over one association to a suite (``DevSuite``) whose database is
   the loaded one. Client time from the request to the final response; server time from the
   listener's ``edge_cfind_seconds`` histogram (bucket deltas, interpolated as Prometheus'
@@ -64,11 +65,12 @@ from bench.ingest import histogram_quantile, machine, percentile  # noqa: E402
 
 CALLING_AE = "BENCHFIND"
 PAGE = 100  # what the listener asks of query.find first (find_scp.PAGE) ...
-NEXT_PAGES = 500  # ... and then at a time (find_scp.NEXT_PAGES)
+NEXT_PAGES = 1000  # ... and then at a time (find_scp.NEXT_PAGES)
 DEFAULT_CAP = 1000
 BIG_CAP = 10_000
 BIG_ANSWER = 2000
 WARM_UP = 3  # repetitions before each measured series
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"  # what pynetdicom's SCU proposes first, and gets
 
 # PS3.18 Tables 10.6.3-3, -4, -5: what a QIDO-RS search returns by default, per level.
 RETURN_KEYS = {
@@ -360,7 +362,7 @@ class EngineClient:
         return self.loop.run_until_complete(self._pages(query, identifier(query.level, keys)))
 
     async def _pages(self, query: Query, ident: dict[str, Any]) -> tuple[int, str]:
-        """As the listener does (find_scp.matches): a page of 100, then pages of 500, until none
+        """As the listener does (find_scp.matches): a page of 100, then pages of 1000, until none
         is left, the cap is reached, or the client's limit (one after the other: the listener
         asks for the next page while it sends one, which this does not show)."""
         payload: dict[str, Any] = {
@@ -370,20 +372,23 @@ class EngineClient:
             "limit": PAGE,
             "retrieve_ae_title": "EDGE",
             "returned": 0,
+            # the identifiers encoded, as the listener asks for them (find_scp.matches)
+            "render": {"cfind": {"transfer_syntax": IMPLICIT_VR_LE, "charsets": []}},
         }
         count = 0
         while True:
             reply = await self.handler(payload)
             if reply.get("error"):
                 return count, f"0x{int(reply['error']['status']):04X}"
-            count += len(reply["matches"])
+            found = reply.get("identifiers", reply.get("matches")) or []
+            count += len(found)
             if query.stop_after and count >= query.stop_after:
                 return count, "limit"
             if reply.get("capped"):
                 return count, "0xA700"
             if reply.get("next") is None:
                 return count, "0x0000"
-            payload["returned"] += len(reply["matches"])
+            payload["returned"] += len(found)
             payload["after"] = reply["next"]
             payload["limit"] = NEXT_PAGES
 

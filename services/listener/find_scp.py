@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from base64 import b64decode
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, cast
@@ -23,6 +24,7 @@ from prometheus_client import Counter, Histogram
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -30,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from edge.common.audit import Auditor
 from edge.common.dicom import Status
+from edge.common.findwire import IMPLICIT_VR_LITTLE_ENDIAN, encode_identifier
 from edge.common.tracing import record_failure, safe_attributes
 from edge.listener.auditing import outcome_of, peer, values
 from edge.listener.find_encode import PendingSender
@@ -46,7 +49,7 @@ FIND_MODELS: dict[str, str] = {
 PENDING = 0xFF00
 CANCELLED = 0xFE00
 PAGE = 100  # matches asked of the query service first: the first responses go out soon
-NEXT_PAGES = 500  # then at a time: fewer round trips and statements for a large answer
+NEXT_PAGES = 1000  # then at a time: fewer round trips and statements for a large answer
 
 C_FIND_SECONDS = Histogram(
     "edge_cfind_seconds",
@@ -72,10 +75,26 @@ class FindDeps:
 @dataclass(frozen=True)
 class Match:
     """One pending response: a match as DICOM JSON, and the character sets the requester
-    named (the response's is chosen from them when it is encoded)."""
+    named (the response's is chosen from them when it is encoded); or its identifier already
+    encoded by the query service (``encoded``, for the transfer syntax the payload named)."""
 
     identifier: dict[str, Any]
     requested_charsets: list[str]
+    encoded: bytes | None = None
+
+    def encode(self, transfer_syntax: str) -> bytes:
+        """The identifier in ``transfer_syntax`` (one :mod:`edge.common.findwire` covers):
+        as the query service encoded it, else by the direct encoder, else by pydicom."""
+        if self.encoded is not None:
+            return self.encoded
+        direct = encode_identifier(self.identifier, self.requested_charsets, transfer_syntax)
+        if direct is not None:
+            return direct
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+        written = encode(self.to_dataset(), implicit, True)
+        if not written:
+            raise ValueError("identifier cannot be encoded")
+        return written
 
     def to_dataset(self) -> Dataset:
         ds = Dataset.from_json(self.identifier)
@@ -116,11 +135,19 @@ def _requested_charsets(identifier: Dataset) -> list[str]:
     return [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
 
 
-def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, Match | None]]:
+def matches(
+    event: evt.Event,
+    deps: FindDeps,
+    *,
+    transfer_syntax: str | None = None,
+    before_wait: Callable[[], None] | None = None,
+) -> Generator[tuple[int | Dataset, Match | None], None, None]:
     """The responses to one C-FIND: pendings (with their match), then one final status.
 
     The next page is asked for as soon as a page arrives, so that the query service looks for
-    it while this one is being sent."""
+    it while this one is being sent. With ``transfer_syntax``, the query service is asked for
+    the identifiers encoded in it (``render.cfind``); ``before_wait`` is called before waiting
+    for a page (the sender writes what it has gathered)."""
     permissions: frozenset[str] = getattr(event.assoc, "edge_permissions", frozenset())
     calling = str(event.assoc.requestor.ae_title).strip()
     if "find" not in permissions:
@@ -152,12 +179,16 @@ def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, M
         yield _status(0xA900, "QueryRetrieveLevel missing"), None
         return
     charsets = _requested_charsets(identifier)
+    if transfer_syntax is not None:
+        payload["render"] = {"cfind": {"transfer_syntax": transfer_syntax, "charsets": charsets}}
     if event.is_cancelled:
         yield CANCELLED, None
         return
     pending: Future[dict[str, Any]] | None = _ask(deps, payload)
     try:
         while pending is not None:
+            if before_wait is not None and not pending.done():
+                before_wait()
             try:
                 reply = pending.result(deps.timeout)
             except Exception as exc:  # the query service or the broker did not answer in time
@@ -169,7 +200,9 @@ def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, M
             if error:
                 yield _status(int(error["status"]), str(error.get("comment", ""))), None
                 return
-            found = reply["matches"]
+            found = reply.get("identifiers")
+            if found is None:
+                found = reply["matches"]
             payload["returned"] += len(found)
             if reply.get("next") is not None and not reply.get("capped"):
                 payload["after"] = reply["next"]
@@ -180,7 +213,10 @@ def matches(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset, M
                     yield CANCELLED, None
                     return
                 C_FIND_MATCHES.inc()
-                yield PENDING, Match(match, charsets)
+                if isinstance(match, str):  # encoded by the query service, base64
+                    yield PENDING, Match({}, charsets, b64decode(match))
+                else:
+                    yield PENDING, Match(match, charsets)
             if reply.get("capped"):
                 # PS3.4 has no status for "too many matches": refuse the rest, and say why.
                 yield _status(0xA700, f"more than {payload['returned']} matches; narrow it"), None
@@ -207,8 +243,9 @@ def on_c_find(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset,
     """EVT_C_FIND: :func:`matches` under a span, timed; the span carries AE titles, the level
     and counts, never the identifier's values.
 
-    Pending responses go straight to the association (:mod:`find_encode`) where they can;
-    the others, and the final response, through pynetdicom."""
+    Pending responses are written straight to the association (:mod:`find_encode`), encoded
+    by the query service, when the presentation context's transfer syntax is one it encodes;
+    else, and always for the final response, they go through pynetdicom."""
     started = time.monotonic()
     calling = str(event.assoc.requestor.ae_title).strip()
     span = tracer.start_span(
@@ -222,14 +259,24 @@ def on_c_find(event: evt.Event, deps: FindDeps) -> Iterator[tuple[int | Dataset,
     sender = PendingSender.for_event(event)
     try:
         with trace.use_span(span, end_on_exit=False):
-            for status, match in matches(event, deps):
+            responses = matches(
+                event,
+                deps,
+                transfer_syntax=None if sender is None else sender.transfer_syntax,
+                before_wait=None if sender is None else sender.flush,
+            )
+            for status, match in responses:
                 if match is not None:
                     count += 1
-                    if sender is None or not sender.send(
-                        match.identifier, match.requested_charsets
-                    ):
+                    if sender is None:
                         yield PENDING, match.to_dataset()
+                    elif not sender.send(match.encode(sender.transfer_syntax)):
+                        responses.close()  # the association is gone: ask for nothing more
+                        final = f"0x{Status.OUT_OF_RESOURCES:04X}"
+                        return
                     continue
+                if sender is not None:
+                    sender.flush()  # every pending written before pynetdicom sends the final
                 code = int(status.Status) if isinstance(status, Dataset) else int(status)
                 final = f"0x{code:04X}"
                 yield status, None

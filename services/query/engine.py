@@ -9,12 +9,14 @@ not returned). Keys of the levels above, and of the query level, are matched and
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 
+from edge.common import findwire
 from edge.query import matching
 from edge.query.attributes import (
     BY_TAG,
@@ -127,9 +129,20 @@ class FindRequest:
             raise QueryError(NOT_MATCHING_SOP_CLASS, f"bad query request: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Wire:
+    """C-FIND identifiers wanted ready to write: the presentation context's transfer syntax and
+    the character sets the requester named (the response's is chosen from them)."""
+
+    transfer_syntax: str
+    requested_charsets: tuple[str, ...] = ()
+
+
 @dataclass
 class FindPage:
-    matches: list[dict[str, Any]]
+    # DICOM JSON; with a ``Wire``, each match's encoded identifier instead (or its DICOM JSON
+    # where the encoder does not cover it).
+    matches: list[Any]
     next_after: int | None  # pass as ``after`` for the next page; None when this was the last
 
 
@@ -317,9 +330,14 @@ def _header_condition(
 
 
 async def find(
-    conn: AsyncConnection[Any], request: FindRequest, *, case_sensitive_names: bool = False
+    conn: AsyncConnection[Any],
+    request: FindRequest,
+    *,
+    case_sensitive_names: bool = False,
+    wire: Wire | None = None,
 ) -> FindPage:
-    """One page of matches, in the order of the level's catalog key."""
+    """One page of matches, in the order of the level's catalog key: DICOM JSON, or with
+    ``wire`` the C-FIND identifiers encoded (:class:`_WireRenderer`)."""
     planned = plan(request, case_sensitive_names=case_sensitive_names)
     level = request.level
     key_column = f"{level.alias}.pk"
@@ -344,7 +362,9 @@ async def find(
     rows = await cur.fetchall()
     more = len(rows) > request.limit
     rows = rows[: request.limit]
-    render = _Renderer(request, planned)
+    render: Any = _Renderer(request, planned)
+    if wire is not None:
+        render = _WireRenderer(render, wire)
     matches = [render(row) for row in rows]
     return FindPage(matches, int(rows[-1][0]) if more and rows else None)
 
@@ -378,7 +398,9 @@ class _Renderer:
         self.constants = constants
         # (key, column index or None for the header, converter or VR), in key order.
         slots: dict[str, tuple[int | None, Any]] = {}
+        self.vrs: dict[int, str] = {}  # column index -> VR
         for index, attr in enumerate(planned.returns, start=1):
+            self.vrs[index] = attr.vr
             if attr.column is None and attr.computed is None:
                 slots[attr.key] = (None, attr.vr)
             else:
@@ -387,19 +409,21 @@ class _Renderer:
             slots.pop(key, None)
         self.order = sorted([*slots, *constants])
         self.slots = slots
+        # What to do for each key, in key order: (key, column index, converter); index None
+        # for a header key (the converter is then its VR), -1 for a constant (the element).
+        self.program: list[tuple[str, int | None, Any]] = [
+            (key, -1, constants[key]) if key in constants else (key, *slots[key])
+            for key in self.order
+        ]
 
     def __call__(self, row: tuple[Any, ...]) -> dict[str, Any]:
         header: dict[str, Any] = (row[-1] or {}) if self.has_header else {}
         out: dict[str, Any] = {}
-        constants, slots = self.constants, self.slots
-        for key in self.order:
-            const = constants.get(key)
-            if const is not None:
-                out[key] = const
-                continue
-            index, how = slots[key]
+        for key, index, how in self.program:
             if index is None:
                 out[key] = header.get(key) or {"vr": how}
+            elif index < 0:
+                out[key] = how
             else:
                 out[key] = how(row[index])
         if self.include_all:
@@ -413,6 +437,8 @@ class _Renderer:
 
 def _text_of(vr: str) -> Any:
     def convert(value: Any) -> dict[str, Any]:
+        if type(value) is str and value:  # the common case first
+            return {"vr": vr, "Value": [value]}
         if value is None or value == "" or value == []:
             return {"vr": vr}
         if isinstance(value, list):
@@ -432,17 +458,31 @@ def _int_of(vr: str) -> Any:
     return convert
 
 
+_DA_TEXT: dict[date, str] = {}  # a large answer repeats its dates; strftime costs ~2 us
+
+
+def _da_text(value: Any) -> str:
+    """A date as DICOM DA text (YYYYMMDD); anything else as its text."""
+    if not isinstance(value, date):
+        return str(value)
+    text = _DA_TEXT.get(value)
+    if text is None:
+        text = f"{value.year:04d}{value.month:02d}{value.day:02d}"
+        if len(_DA_TEXT) < 100_000:
+            _DA_TEXT[value] = text
+    return text
+
+
 def _date(value: Any) -> dict[str, Any]:
     if value is None or value == "" or value == []:
         return {"vr": "DA"}
     values = value if isinstance(value, list) else [value]
-    return {
-        "vr": "DA",
-        "Value": [v.strftime("%Y%m%d") if isinstance(v, date) else str(v) for v in values],
-    }
+    return {"vr": "DA", "Value": [_da_text(v) for v in values]}
 
 
 def _person_name(value: Any) -> dict[str, Any]:
+    if type(value) is str and value and "=" not in value and "\\" not in value:
+        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
     if value is None or value == "" or value == []:
         return {"vr": "PN"}
     return {"vr": "PN", "Value": [_pn_json(v) for v in str(value).split("\\")]}
@@ -457,5 +497,147 @@ _CONVERTERS: dict[str, Any] = {
 
 
 def _pn_json(value: str) -> dict[str, str]:
+    if "=" not in value:  # the common case: one component group
+        return {"Alphabetic": value} if value else {}
     names = ("Alphabetic", "Ideographic", "Phonetic")
     return {name: group for name, group in zip(names, value.split("="), strict=False) if group}
+
+
+# -- C-FIND identifiers, encoded -------------------------------------------------------------
+
+_EMPTY: tuple[Any, ...] = (None, "", [])
+_CONST, _COLUMN, _HEADER_KEY = 0, 1, 2
+
+
+def _wire_pn(value: Any) -> str:
+    # As _person_name then the encoder's PN text: empty trailing component groups dropped.
+    text = str(value)
+    if "=" not in text:
+        return text
+    return "\\".join("=".join(v.split("=")[:3]).rstrip("=") for v in text.split("\\"))
+
+
+def _wire_date(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(_da_text(v) for v in value)
+    return _da_text(value)
+
+
+def _wire_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _wire_int(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(str(int(v)) for v in value)
+    return str(int(value))
+
+
+class _WireRenderer:
+    """Rows of one query straight into C-FIND identifiers (the elements' bytes, in tag order),
+    as :func:`edge.common.findwire.encode_identifier` would encode what :class:`_Renderer`
+    makes of them, without building the DICOM JSON in between (~0.1 ms a match less).
+
+    The fast path writes ASCII only; a row with any other character, or anything the fast path
+    does not cover (binary VRs, sequences in the header, the whole header asked for), goes the
+    general way: DICOM JSON, then the shared encoder (which chooses the character set), or
+    the DICOM JSON itself when that encoder does not cover it either."""
+
+    def __init__(self, json_renderer: _Renderer, wire: Wire) -> None:
+        self.json = json_renderer
+        self.requested = list(wire.requested_charsets)
+        self.transfer_syntax = wire.transfer_syntax
+        explicit = findwire.explicit_vr(wire.transfer_syntax)
+        self.fast = explicit is not None and not json_renderer.include_all
+        self.program: list[tuple[int, Any, Any, Any, Any]] = []
+        if not self.fast:
+            return
+        assert explicit is not None
+        for key in json_renderer.order:
+            tag = int(key, 16)
+            const = json_renderer.constants.get(key)
+            if const is not None:
+                encoded = findwire.encode_identifier({key: const}, [], wire.transfer_syntax)
+                if encoded is None or not str(const).isascii():
+                    self.fast = False
+                    return
+                self.program.append((_CONST, encoded, None, None, None))
+                continue
+            index, how = json_renderer.slots[key]
+            vr = how if index is None else _slot_vr(json_renderer, index)
+            if vr is None or vr in findwire.BINARY or vr in findwire.OPAQUE or vr == "SQ":
+                if index is not None:  # a column of a binary VR: not on the fast path
+                    self.fast = False
+                    return
+            head = findwire.element_head(tag, vr or "UN", explicit)
+            long = not explicit or (vr or "UN") in findwire.LONG_VRS
+            pack = _U32 if long else _U16
+            pad = b"\0" if vr == "UI" else b" "
+            if index is None:
+                self.program.append((_HEADER_KEY, key, (tag, vr), head, (pack, pad, long)))
+            else:
+                convert = _WIRE_CONVERTERS.get(vr or "") or _wire_text
+                self.program.append((_COLUMN, index, convert, head, (pack, pad, long)))
+
+    def __call__(self, row: tuple[Any, ...]) -> Any:
+        if self.fast:
+            try:
+                encoded = self._fast(row)
+            except (UnicodeEncodeError, _NotCovered):
+                encoded = None
+            if encoded is not None:
+                return encoded
+        match = self.json(row)
+        encoded = findwire.encode_identifier(match, self.requested, self.transfer_syntax)
+        return match if encoded is None else encoded
+
+    def _fast(self, row: tuple[Any, ...]) -> bytes:
+        parts: list[bytes] = []
+        header: dict[str, Any] | None = None
+        for kind, a, b, head, how in self.program:
+            if kind == _CONST:
+                parts.append(a)
+                continue
+            pack, pad, long = how
+            if kind == _COLUMN:
+                value = row[a]
+                raw = b"" if value in _EMPTY else b(value).encode("ascii")
+            else:
+                if header is None:
+                    header = row[-1] or {}
+                element = header.get(a)
+                if not element:
+                    raw = b""
+                else:
+                    got = findwire.json_element(b[0], element)
+                    if got is None or got[0] != b[1]:
+                        raise _NotCovered
+                    value = got[1]
+                    raw = value.encode("ascii") if isinstance(value, str) else value
+            if len(raw) & 1:
+                raw += pad
+            if not long and len(raw) > 0xFFFF:
+                raise _NotCovered
+            parts.append(head + pack(len(raw)) + raw)
+        return b"".join(parts)
+
+
+class _NotCovered(Exception):
+    """A row the fast path does not write."""
+
+
+_U16 = struct.Struct("<H").pack
+_U32 = struct.Struct("<I").pack
+
+
+def _slot_vr(renderer: _Renderer, index: int) -> str | None:
+    return renderer.vrs.get(index)
+
+
+_WIRE_CONVERTERS: dict[str, Any] = {
+    "PN": _wire_pn,
+    "DA": _wire_date,
+    "IS": _wire_int,
+}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from base64 import b64encode
 from typing import Any
 
 import psycopg
@@ -13,10 +14,24 @@ from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 
 from edge.common.qidojson import render
-from edge.query.engine import FindRequest, find
+from edge.query.engine import FindRequest, Wire, find
 from edge.query.matching import UNABLE_TO_PROCESS, QueryError
 
 log = logging.getLogger(__name__)
+
+
+def _wire(asked: Any) -> Wire | None:
+    """``render.cfind``: the presentation context's transfer syntax and the requester's
+    character sets; the identifiers then come back encoded (base64 strings), each match the
+    encoder does not cover as DICOM JSON."""
+    if not isinstance(asked, dict):
+        return None
+    syntax = asked.get("transfer_syntax")
+    charsets = asked.get("charsets") or []
+    if not isinstance(syntax, str) or not isinstance(charsets, list):
+        raise QueryError(UNABLE_TO_PROCESS, "bad render.cfind")
+    return Wire(syntax, tuple(str(c) for c in charsets))
+
 
 OUT_OF_RESOURCES = 0xA700
 
@@ -47,6 +62,9 @@ class QueryHandler:
         return reply
 
     async def _find(self, payload: dict[str, Any]) -> dict[str, Any]:
+        rendering = payload.get("render")
+        if not isinstance(rendering, dict):
+            rendering = {}
         try:
             request = FindRequest.from_payload(payload)
             if request.limit < 1:
@@ -57,8 +75,11 @@ class QueryHandler:
             if budget <= 0:
                 return {"matches": [], "next": None, "capped": True}
             limited = FindRequest(**{**request.__dict__, "limit": min(request.limit, budget)})
+            wire = _wire(rendering.get("cfind"))
             async with self.pool.connection() as conn:
-                page = await find(conn, limited, case_sensitive_names=self.case_sensitive_names)
+                page = await find(
+                    conn, limited, case_sensitive_names=self.case_sensitive_names, wire=wire
+                )
         except QueryError as exc:
             return {"error": {"status": exc.status, "comment": exc.comment}}
         except psycopg.errors.QueryCanceled:
@@ -71,8 +92,12 @@ class QueryHandler:
             return {"error": {"status": UNABLE_TO_PROCESS, "comment": "query failed"}}
         capped = page.next_after is not None and len(page.matches) >= budget
         reply: dict[str, Any] = {"next": None if capped else page.next_after, "capped": capped}
-        service = (payload.get("render") or {}).get("qido")
-        if isinstance(service, str):  # QIDO-RS: the answer's body, rendered here
+        service = rendering.get("qido")
+        if wire is not None:  # C-FIND: each identifier encoded, base64 in the JSON reply
+            reply["identifiers"] = [
+                b64encode(m).decode("ascii") if isinstance(m, bytes) else m for m in page.matches
+            ]
+        elif isinstance(service, str):  # QIDO-RS: the answer's body, rendered here
             reply["body"] = render(page.matches, request.level.name, service).decode()
             reply["count"] = len(page.matches)
         else:

@@ -199,8 +199,7 @@ async def test_instance_after_announcement_flags_the_study_updated(
     await catalog.upsert_instance(rec)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
-            "UPDATE study SET announced_at = now()"
-            " WHERE study_instance_uid = %s",
+            "UPDATE study SET announced_at = now() WHERE study_instance_uid = %s",
             (rec.study.study_instance_uid,),
         )
     flag = "SELECT updated_since_announce FROM study WHERE study_instance_uid = %s"

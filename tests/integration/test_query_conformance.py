@@ -22,8 +22,13 @@ from pydicom.sequence import Sequence
 from pydicom.uid import BasicTextSRStorage, CTImageStorage, MRImageStorage
 
 from edge.common.catalog import PsycopgCatalog
+from edge.common.findwire import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    encode_identifier,
+)
 from edge.query.attributes import UNIQUE_KEY, Level, Model
-from edge.query.engine import FindRequest, find
+from edge.query.engine import FindRequest, Wire, find
 from edge.query.matching import NOT_MATCHING_SOP_CLASS, UNABLE_TO_PROCESS, QueryError
 from edge.query.service import QueryHandler
 from tests.integration.query_dataset import (
@@ -180,7 +185,27 @@ async def run(
     request = FindRequest(model, level, ident, limit=limit, fuzzy=fuzzy)
     page = await find(conn, request, case_sensitive_names=case_sensitive)
     assert page.next_after is None
+    await same_on_the_wire(conn, request, page.matches, case_sensitive)
     return page.matches
+
+
+async def same_on_the_wire(
+    conn: psycopg.AsyncConnection[Any],
+    request: FindRequest,
+    matches: list[dict[str, Any]],
+    case_sensitive: bool,
+) -> None:
+    """C-FIND asks for its identifiers encoded (``wire``): every one must be what the shared
+    encoder makes of the DICOM JSON match (in the same character set), or that match itself
+    where the encoder does not cover it."""
+    requested = [str(c) for c in (request.identifier.get("00080005") or {}).get("Value") or []]
+    for syntax in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN):
+        wire = Wire(syntax, tuple(requested))
+        page = await find(conn, request, case_sensitive_names=case_sensitive, wire=wire)
+        assert len(page.matches) == len(matches)
+        for encoded, match in zip(page.matches, matches, strict=True):
+            expected = encode_identifier(dict(match), requested, syntax)
+            assert encoded == (match if expected is None else expected)
 
 
 # --- the matching table ---------------------------------------------------------------------

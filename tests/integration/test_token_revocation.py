@@ -84,8 +84,18 @@ async def auth_rpc(amqp_url: str, database_url: str) -> AsyncIterator[PsycopgUse
 def feed_queues(amqp_url: str) -> list[list[str]]:
     vhost = amqp_url.rsplit("/", 1)[1]
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "exclusive", "auto_delete",
-         "durable", "arguments"],  # fmt: skip
+        [
+            "rabbitmqctl",
+            "-q",
+            "list_queues",
+            "-p",
+            vhost,
+            "name",
+            "exclusive",
+            "auto_delete",
+            "durable",
+            "arguments",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,7 +14,6 @@ from pydicom.filereader import read_dataset
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
 
 from edge.listener.find_encode import (
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -121,42 +120,92 @@ def test_pending_command_set() -> None:
     assert (cmd.CommandDataSetType, cmd.Status) == (0x0001, 0xFF00)
 
 
+class FakeSocket:
+    def __init__(self) -> None:
+        self.written = b""
+        self.writes = 0
+
+    def send(self, data: bytes) -> None:
+        self.written += data
+        self.writes += 1
+
+
 class FakeDul:
     def __init__(self) -> None:
         self.to_provider_queue: Queue[Any] = Queue()
-        self.sent: list[P_DATA] = []
-
-    def send_pdu(self, primitive: P_DATA) -> None:
-        self.sent.append(primitive)
+        self.socket = FakeSocket()
 
 
-@pytest.mark.parametrize("max_pdu", [0, 16384, 200])
-def test_sent_pending_decodes_as_a_c_find_response(max_pdu: int) -> None:
+def pdus(stream: bytes) -> list[P_DATA_TF]:
+    """The P-DATA-TF PDUs of a byte stream, as pynetdicom's receiving side decodes them."""
+    out = []
+    while stream:
+        assert stream[0] == 0x04
+        length = int.from_bytes(stream[2:6], "big")
+        pdu = P_DATA_TF()
+        pdu.decode(stream[: 6 + length])
+        out.append(pdu)
+        stream = stream[6 + length :]
+    return out
+
+
+def responses(stream: bytes) -> list[tuple[Any, Dataset]]:
+    """Every C-FIND-RSP in the stream: its primitive and its identifier."""
+    out = []
+    message = C_FIND_RSP()
+    for pdu in pdus(stream):
+        if message.decode_msg(pdu.to_primitive()):
+            rsp = message.message_to_primitive()
+            assert message.context_id == 5
+            out.append((rsp, decoded(rsp.Identifier.getvalue(), IMPLICIT_VR_LITTLE_ENDIAN)))
+            message = C_FIND_RSP()
+    return out
+
+
+def sender_for(max_pdu: int) -> tuple[PendingSender, FakeDul]:
     dul = FakeDul()
     assoc = SimpleNamespace(
         dul=dul, is_established=True, requestor=SimpleNamespace(maximum_length=max_pdu)
     )
     command = pending_command(3, "1.2.840.10008.5.1.4.1.2.2.1")
-    sender = PendingSender(assoc, 5, IMPLICIT_VR_LITTLE_ENDIAN, command)
-    assert sender.send(study("Müller^Jörg"), ["ISO_IR 100"]) is True
-    assert len(dul.sent) == (2 if max_pdu == 200 else 1)
-    message = C_FIND_RSP()
-    done = False
-    for primitive in dul.sent:  # as pynetdicom's receiving side decodes them, off the wire
-        pdu = P_DATA_TF()
-        pdu.decode(P_DATA_TF(primitive).encode())
-        done = message.decode_msg(pdu.to_primitive())
-    assert done and message.context_id == 5
-    rsp = message.message_to_primitive()
-    assert (rsp.MessageIDBeingRespondedTo, rsp.Status) == (3, 0xFF00)
-    ds = decoded(rsp.Identifier.getvalue(), IMPLICIT_VR_LITTLE_ENDIAN)
-    assert (ds.SpecificCharacterSet, str(ds.PatientName)) == ("ISO_IR 100", "Müller^Jörg")
+    return PendingSender(assoc, 5, IMPLICIT_VR_LITTLE_ENDIAN, command), dul
 
 
-def test_an_identifier_larger_than_the_peer_takes_goes_the_slow_way() -> None:
-    dul = FakeDul()
-    assoc = SimpleNamespace(
-        dul=dul, is_established=True, requestor=SimpleNamespace(maximum_length=64)
-    )
-    sender = PendingSender(assoc, 1, IMPLICIT_VR_LITTLE_ENDIAN, pending_command(1, "1.2"))
-    assert sender.send(study(), []) is False and dul.sent == []
+@pytest.mark.parametrize("max_pdu", [0, 16384, 200, 64])
+def test_written_pendings_decode_as_c_find_responses(max_pdu: int) -> None:
+    sender, dul = sender_for(max_pdu)
+    names = ["Müller^Jörg", "Doe^John", "Smith^Ann"]
+    for name in names:
+        identifier = encode_identifier(study(name), ["ISO_IR 100"], IMPLICIT_VR_LITTLE_ENDIAN)
+        assert identifier is not None
+        assert sender.send(identifier) is True
+    assert dul.socket.written == b""  # gathered until the batch is full or flushed
+    sender.flush()
+    got = responses(dul.socket.written)
+    assert [(r.MessageIDBeingRespondedTo, r.Status) for r, _ in got] == [(3, 0xFF00)] * 3
+    assert [str(ds.PatientName) for _, ds in got] == names
+    assert got[0][1].SpecificCharacterSet == "ISO_IR 100"
+    for pdu in pdus(dul.socket.written):  # none longer than the peer takes
+        assert max_pdu == 0 or len(pdu.encode()) - 6 <= max_pdu
+
+
+def test_a_batch_is_written_when_full_so_a_cancel_is_seen_between_writes() -> None:
+    sender, dul = sender_for(16384)
+    identifier = encode_identifier(study(), [], IMPLICIT_VR_LITTLE_ENDIAN)
+    assert identifier is not None
+    for _ in range(PendingSender.BATCH_COUNT * 2 + 1):
+        sender.send(identifier)
+    assert dul.socket.writes == 2
+    sender.flush()
+    assert dul.socket.writes == 3
+    assert len(responses(dul.socket.written)) == PendingSender.BATCH_COUNT * 2 + 1
+
+
+def test_nothing_is_written_once_the_association_is_gone() -> None:
+    sender, dul = sender_for(16384)
+    identifier = encode_identifier(study(), [], IMPLICIT_VR_LITTLE_ENDIAN)
+    assert identifier is not None
+    sender.assoc.is_established = False
+    assert sender.send(identifier) is False
+    sender.flush()
+    assert dul.socket.written == b""

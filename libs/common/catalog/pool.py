@@ -25,7 +25,10 @@ async def open_read_pool(
         database_url,
         min_size=1,
         max_size=size,
-        kwargs={"autocommit": True, "options": f"-c statement_timeout={statement_timeout_ms}"},
+        kwargs={
+            "autocommit": True,
+            "options": f"-c statement_timeout={statement_timeout_ms} -c jit=off",
+        },
         name=name,
         configure=_json_by_orjson,
         open=False,
