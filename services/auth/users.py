@@ -84,10 +84,17 @@ _USERS = "auth_user LEFT JOIN auth_token_revocation r USING (username)"
 # The second from which tokens are valid again, rounded up: a token's iat is whole seconds
 # (RFC 7519 NumericDate as issued here), and one issued in the second of the change but before
 # it must be refused; tokens issued after it carry at least this iat (tokens.issue_token).
+# A change within the same second as the one before moves that second on by one: a token issued
+# between the two says iat = the earlier second, and must be refused too (it would not be if
+# both rounded up to the same second). Tokens then issued say a second or two ahead, within
+# every verifier's leeway.
 _REVOKE = """
     INSERT INTO auth_token_revocation (username, not_before, reason) VALUES (%s, now(), %s)
     ON CONFLICT (username) DO UPDATE
-        SET not_before = greatest(auth_token_revocation.not_before, excluded.not_before),
+        SET not_before = greatest(
+                excluded.not_before,
+                date_trunc('second', auth_token_revocation.not_before)
+                    + interval '1 second' + interval '1 microsecond'),
             reason = excluded.reason
     RETURNING ceil(extract(epoch FROM not_before))::bigint AS not_before
 """

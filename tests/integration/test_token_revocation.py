@@ -160,3 +160,25 @@ async def test_feed_hears_events_and_reloads_the_map_after_the_broker_drops_it(
         await feed.stop()
         await bus.close()
     assert not revocations.ready
+
+
+async def test_a_token_issued_between_two_revocations_in_one_second_is_void(
+    database_url: str,
+) -> None:
+    users = PsycopgUserStore(database_url)
+    assert await users.add("r-twice", "radiologist", HASH)
+    assert await users.revoke("r-twice")
+    first = await users.get("r-twice")
+    assert first is not None
+    # A token issued now carries iat = the first revocation's second (tokens.issue_token).
+    between = max(int(time.time()), first.tokens_not_before)
+    assert await users.revoke("r-twice")  # well within the same second, in this test
+    second = await users.get("r-twice")
+    assert second is not None
+    decision = Revocations()
+    decision.note("r-twice", second.tokens_not_before)
+    assert decision.revoked("r-twice", between)
+    # One issued after the second revocation is not.
+    after = max(int(time.time()), second.tokens_not_before)
+    assert not decision.revoked("r-twice", after)
+    assert after - time.time() < 3  # ahead of the clock by at most ~2 s: within the leeway
