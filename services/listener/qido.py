@@ -236,13 +236,23 @@ def _failure(error: dict[str, Any]) -> Response:
     return problem(400, "Bad search request", comment)
 
 
-async def _search(request: Request, search: Search, find: Find, **options: Any) -> Response:
+def _payload(request: Request, search: Search, **options: Any) -> dict[str, Any] | BadQuery:
+    """The search's ``query.find`` payload (:func:`find_payload`), or why there is none: made
+    once, for the search and for its audit event."""
+    try:
+        return find_payload(search, request.query_params.multi_items(), **options)
+    except BadQuery as exc:
+        return exc
+
+
+async def _search(
+    request: Request, search: Search, find: Find, payload: dict[str, Any] | BadQuery
+) -> Response:
     if not acceptable(request.headers.get("accept")):
         return problem(406, "Not acceptable", f"search results are {DICOM_JSON} only")
-    try:
-        payload = find_payload(search, request.query_params.multi_items(), **options)
-    except BadQuery as exc:
-        return problem(400, "Bad search request", str(exc))
+    if isinstance(payload, BadQuery):
+        return problem(400, "Bad search request", str(payload))
+    payload = {**payload}  # the render option is the search's, not the audit event's
     service = str(request.base_url).rstrip("/") + PREFIX
     payload["render"] = {"qido": service}
     try:
@@ -279,16 +289,18 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 def audit_search(
-    audit: Auditor | None, request: Request, search: Search, status: int, **options: Any
+    audit: Auditor | None,
+    request: Request,
+    search: Search,
+    payload: dict[str, Any] | BadQuery,
+    status: int,
 ) -> None:
     """The search in the audit trail (Query): its matching keys, values hashed."""
     if audit is None:
         return
-    try:
-        identifier = find_payload(search, request.query_params.multi_items(), **options)
-        keys = {k: v for k, v in identifier["identifier"].items() if "Value" in v}
-    except BadQuery:
-        keys = {}
+    keys = {}
+    if not isinstance(payload, BadQuery):
+        keys = {k: v for k, v in payload["identifier"].items() if "Value" in v}
     outcome = SUCCESS if status < 400 else MINOR_FAILURE if status < 500 else SERIOUS_FAILURE
     audit.query(http_requester(request), STUDY_ROOT_FIND, keys, level=search.level, outcome=outcome)
 
@@ -307,10 +319,9 @@ def qido_routes(
                 study=request.path_params.get("study"),
                 series=request.path_params.get("series"),
             )
-            response = await _search(request, search, find, max_limit=max_limit, ae_title=ae_title)
-            audit_search(
-                audit, request, search, response.status_code, max_limit=max_limit, ae_title=ae_title
-            )
+            payload = _payload(request, search, max_limit=max_limit, ae_title=ae_title)
+            response = await _search(request, search, find, payload)
+            audit_search(audit, request, search, payload, response.status_code)
             QIDO_SECONDS.labels(str(response.status_code)).observe(time.monotonic() - started)
             return response
 
