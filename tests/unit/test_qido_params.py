@@ -266,3 +266,39 @@ async def test_only_dicom_json_is_offered() -> None:
     assert response.status_code == 406
     ok = await get({"matches": []}, "/dicom-web/studies", headers={"accept": "application/json"})
     assert ok.status_code == 204
+
+
+class RecordingAuditor:
+    def __init__(self) -> None:
+        self.queries: list[tuple[dict[str, Any], str | None, Any]] = []
+
+    def query(self, requester: Any, sop_class_uid: str, keys: Any, **kw: Any) -> None:
+        self.queries.append((dict(keys), kw.get("level"), kw.get("outcome")))
+
+
+async def audited(url: str) -> tuple[int, list[tuple[dict[str, Any], str | None, Any]]]:
+    audit = RecordingAuditor()
+
+    async def find(request: dict[str, Any]) -> dict[str, Any]:
+        return {"matches": [dict(MATCH)], "next": None, "capped": False}
+
+    app = Starlette(routes=qido_routes(find, ae_title="EDGE", max_limit=100, audit=audit))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge:8080") as client:
+        response = await client.get(url)
+    return response.status_code, audit.queries
+
+
+async def test_a_search_is_audited_with_its_matching_keys_only() -> None:
+    status, queries = await audited("/dicom-web/studies?PatientName=SMI*&limit=5&includefield=all")
+    assert status == 200
+    [(keys, level, _outcome)] = queries
+    assert level == "STUDY"
+    assert keys == {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "SMI*"}]}}
+
+
+async def test_a_bad_search_is_audited_without_keys() -> None:
+    status, queries = await audited("/dicom-web/studies?NoSuchAttribute=1")
+    assert status == 400
+    [(keys, level, _outcome)] = queries
+    assert (keys, level) == ({}, "STUDY")
