@@ -202,6 +202,15 @@ def reactor_paused(assoc: Any) -> Iterator[None]:
         checkpoint.set()
 
 
+def wait_until_quiet(assoc: Any, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` s) until the association's DUL has nothing queued to send
+    (responses queued by pynetdicom), before the calling thread writes to the socket itself."""
+    dul = assoc.dul
+    deadline = time.monotonic() + timeout
+    while not dul.to_provider_queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.0002)
+
+
 class DirectSender:
     """Writes the messages of one association from the calling thread (see the module)."""
 
@@ -212,11 +221,7 @@ class DirectSender:
         self.fragment = (limit - 6) if limit else UNLIMITED_FRAGMENT
 
     def _quiet(self) -> None:
-        """Wait until the DUL has nothing queued to send (responses queued by pynetdicom)."""
-        dul = self.assoc.dul
-        deadline = time.monotonic() + 5.0
-        while not dul.to_provider_queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.0002)
+        wait_until_quiet(self.assoc)
 
     def _write(self, chunks: list[bytes | memoryview]) -> None:
         # One copy (the join); a memoryview, so that pynetdicom's loop over partial sends

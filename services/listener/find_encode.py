@@ -23,10 +23,9 @@ pendings, so a C-CANCEL (read by the DUL thread) is seen within that many.
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any
 
-from edge.common.direct import DATA_SET_PRESENT, command_set
+from edge.common.direct import DATA_SET_PRESENT, command_set, wait_until_quiet
 from edge.common.findwire import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -159,14 +158,8 @@ class PendingSender:
         if not self.alive:
             return
         if not self.quiet:  # once: whatever pynetdicom had queued goes first
-            self._wait_for_quiet()
+            wait_until_quiet(self.assoc)
             self.quiet = True
         # pynetdicom's AssociationSocket: writes all of it; on an error it closes the
         # transport (Evt17) and the association is no longer established.
         self.assoc.dul.socket.send(data)
-
-    def _wait_for_quiet(self) -> None:
-        dul = self.assoc.dul
-        deadline = time.monotonic() + 5.0
-        while not dul.to_provider_queue.empty() and time.monotonic() < deadline:
-            time.sleep(0.0002)
