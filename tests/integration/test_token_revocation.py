@@ -95,7 +95,7 @@ def feed_queues(amqp_url: str) -> list[list[str]]:
             "auto_delete",
             "durable",
             "arguments",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=60,
