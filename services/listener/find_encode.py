@@ -26,20 +26,7 @@ import struct
 from typing import Any
 
 from edge.common.direct import DATA_SET_PRESENT, command_set, wait_until_quiet
-from edge.common.findwire import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    SYNTAXES,
-    encode_identifier,
-)
-
-__all__ = [
-    "EXPLICIT_VR_LITTLE_ENDIAN",
-    "IMPLICIT_VR_LITTLE_ENDIAN",
-    "PendingSender",
-    "encode_identifier",
-    "pending_command",
-]
+from edge.common.findwire import SYNTAXES
 
 PENDING = 0xFF00
 C_FIND_RSP = 0x8020
@@ -84,7 +71,6 @@ class PendingSender:
         self.assoc = assoc
         self.context_id = context_id
         self.transfer_syntax = transfer_syntax
-        self.implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
         self.command = command
         limit = int(assoc.requestor.maximum_length or 0)
         self.max_pdu = limit if limit else UNLIMITED  # the PDV items of one PDU, in bytes
@@ -120,18 +106,17 @@ class PendingSender:
     def send(self, identifier: bytes) -> bool:
         """Gather one pending response with this encoded identifier (written when the batch is
         full). False when the association is gone."""
-        encoded = identifier
-        if 12 + len(self.command) + len(encoded) <= self.max_pdu:
+        if 12 + len(self.command) + len(identifier) <= self.max_pdu:
             pdus = [
                 _pdu(
                     [
                         _pdv(self.context_id, COMMAND_LAST, self.command),
-                        _pdv(self.context_id, DATA_LAST, encoded),
+                        _pdv(self.context_id, DATA_LAST, identifier),
                     ]
                 )
             ]
         else:
-            pdus = [*self.command_pdus, *self._fragments(encoded, DATA_MORE, DATA_LAST)]
+            pdus = [*self.command_pdus, *self._fragments(identifier, DATA_MORE, DATA_LAST)]
         self.batch.extend(pdus)
         self.batch_count += 1
         self.batch_bytes += sum(len(p) for p in pdus)

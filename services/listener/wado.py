@@ -178,10 +178,15 @@ def window_full(deps: WadoDeps, count: int, held: int) -> bool:
     return count > deps.prefetch or (count > 1 and held > deps.prefetch_bytes)
 
 
+def streamed(instance: dict[str, Any], syntax: str) -> bool:
+    """Whether the object is streamed from S3 at its turn (a large one sent as stored) rather
+    than fetched whole ahead of it."""
+    return syntax == instance["transfer_syntax"] and int(instance["size"]) > WHOLE_OBJECT_LIMIT
+
+
 def held_size(instance: dict[str, Any], syntax: str) -> int:
-    """Bytes a fetch ahead holds: the whole object, except one streamed at its turn."""
-    size = int(instance["size"])
-    return 0 if syntax == instance["transfer_syntax"] and size > WHOLE_OBJECT_LIMIT else size
+    """Bytes a fetch ahead holds: the whole object, none for one streamed at its turn."""
+    return 0 if streamed(instance, syntax) else int(instance["size"])
 
 
 def _store(deps: WadoDeps) -> ObjectStore:
@@ -209,7 +214,7 @@ async def fetch(deps: WadoDeps, instance: dict[str, Any]) -> bytes:
 
 async def _fetch_for(deps: WadoDeps, instance: dict[str, Any], syntax: str) -> bytes | None:
     """The object as ``syntax``; None for a large object sent as stored (streamed instead)."""
-    if not held_size(instance, syntax):
+    if streamed(instance, syntax):
         return None
     data = await fetch(deps, instance)
     if syntax != instance["transfer_syntax"]:

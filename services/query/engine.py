@@ -566,7 +566,7 @@ class _WireRenderer:
                 self.program.append((_CONST, encoded, None, None, None))
                 continue
             index, how = json_renderer.slots[key]
-            vr = how if index is None else _slot_vr(json_renderer, index)
+            vr = how if index is None else json_renderer.vrs.get(index)
             if vr is None or vr in findwire.BINARY or vr in findwire.OPAQUE or vr == "SQ":
                 if index is not None:  # a column of a binary VR: not on the fast path
                     self.fast = False
@@ -630,10 +630,6 @@ class _NotCovered(Exception):
 
 _U16 = struct.Struct("<H").pack
 _U32 = struct.Struct("<I").pack
-
-
-def _slot_vr(renderer: _Renderer, index: int) -> str | None:
-    return renderer.vrs.get(index)
 
 
 _WIRE_CONVERTERS: dict[str, Any] = {

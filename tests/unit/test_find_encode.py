@@ -15,13 +15,12 @@ from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
-from edge.listener.find_encode import (
+from edge.common.findwire import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    PendingSender,
     encode_identifier,
-    pending_command,
 )
+from edge.listener.find_encode import PendingSender, pending_command
 from edge.listener.find_scp import Match
 
 SYNTAXES = (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN)
